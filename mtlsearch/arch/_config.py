@@ -1,0 +1,392 @@
+"""The architecture config: an immutable, validated description of a whole MTL network.
+
+A config is data. It names the input encoder, the tasks, the extraction levels and the
+towers; :func:`mtlsearch.arch.build_model` turns it into a module. Every member of the
+MTL family (single-task, shared-bottom, OMoE, MMoE, multi-level MMoE, CGC, PLE) and the
+wirings in between are values of this one type, which is what lets a search walk them.
+
+Validation happens in ``__post_init__`` so an invalid config cannot exist; every error is
+a :class:`ConfigError` naming the field path (``levels[1].n_specific[0]``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+
+from mtlsearch._errors import UserError
+
+TaskKind = Literal["binary", "regression", "multiclass"]
+GateSelect = Literal["own+shared", "shared", "all"]
+GateInput = Literal["level", "raw"]
+GateKind = Literal["softmax", "topk", "none"]
+GateSharing = Literal["per_task", "single"]
+
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid", "identity")
+
+
+class ConfigError(UserError, ValueError):
+    """An invalid config; the message starts with the offending field's path."""
+
+
+def _check(cond: bool, path: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{path}: {msg}")
+
+
+def _check_choice(value: Any, choices: Sequence[Any], path: str) -> None:
+    _check(value in choices, path, f"unknown value {value!r}; expected one of {list(choices)}")
+
+
+def _check_widths(widths: Sequence[int], path: str, allow_empty: bool = False) -> None:
+    _check(allow_empty or len(widths) > 0, path, "needs at least one width")
+    for i, w in enumerate(widths):
+        _check(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1,
+            f"{path}[{i}]",
+            f"width must be an integer >= 1, got {w!r}",
+        )
+
+
+def _check_dropout(p: float, path: str) -> None:
+    _check(isinstance(p, int | float) and 0.0 <= p < 1.0, path, f"must be in [0, 1), got {p!r}")
+
+
+@dataclass(frozen=True)
+class CategoricalFeature:
+    """A categorical input: ``cardinality`` codes (OOV bucket included) embedded in ``embed_dim``."""
+
+    name: str
+    cardinality: int
+    embed_dim: int = 8
+
+    def validate(self, path: str) -> None:
+        _check(bool(self.name), f"{path}.name", "must be a non-empty string")
+        _check(self.cardinality >= 1, f"{path}.cardinality", f"must be >= 1, got {self.cardinality}")
+        _check(self.embed_dim >= 1, f"{path}.embed_dim", f"must be >= 1, got {self.embed_dim}")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The input encoder: ``n_numeric`` dense columns concatenated with the embeddings."""
+
+    n_numeric: int = 0
+    categorical: tuple[CategoricalFeature, ...] = ()
+
+    @property
+    def dim(self) -> int:
+        return self.n_numeric + sum(c.embed_dim for c in self.categorical)
+
+    def validate(self, path: str) -> None:
+        _check(self.n_numeric >= 0, f"{path}.n_numeric", f"must be >= 0, got {self.n_numeric}")
+        for i, c in enumerate(self.categorical):
+            c.validate(f"{path}.categorical[{i}]")
+        _check(self.dim >= 1, path, "the network has no input (no numeric and no categorical)")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    kind: TaskKind
+    n_classes: int | None = None
+
+    @property
+    def out_dim(self) -> int:
+        return self.n_classes if self.kind == "multiclass" else 1  # type: ignore[return-value]
+
+    def validate(self, path: str) -> None:
+        _check(bool(self.name), f"{path}.name", "must be a non-empty string")
+        _check_choice(self.kind, get_args(TaskKind), f"{path}.kind")
+        if self.kind == "multiclass":
+            _check(
+                isinstance(self.n_classes, int) and self.n_classes >= 2,
+                f"{path}.n_classes",
+                f"a multiclass task needs n_classes >= 2, got {self.n_classes!r}",
+            )
+        else:
+            _check(self.n_classes is None, f"{path}.n_classes", "only for multiclass tasks")
+
+
+@dataclass(frozen=True)
+class LevelConfig:
+    """One extraction level (a CGC block when it is the only one).
+
+    ``n_specific`` holds one count per task (0 allowed). ``select`` says which expert groups
+    a task gate mixes: its own and the shared (PLE/CGC), the shared only (MMoE), or every
+    expert of the level (full fusion). ``shared_gate`` mixes all experts for the next
+    level's shared experts. ``gate_input`` is what a gate reads: the level's input for its
+    task (PLE's progressive routing) or the raw network input. ``gate_sharing='single'``
+    uses one gate for every task (OMoE). ``gate_kind='none'`` averages the selected experts
+    with no parameters (shared-bottom and single-task use it with one expert).
+    """
+
+    n_shared: int
+    n_specific: tuple[int, ...]
+    expert_hidden: tuple[int, ...]
+    activation: str = "relu"
+    dropout: float = 0.0
+    select: GateSelect = "own+shared"
+    shared_gate: bool = False
+    gate_input: GateInput = "level"
+    gate_kind: GateKind = "softmax"
+    top_k: int = 2
+    gate_sharing: GateSharing = "per_task"
+
+    @property
+    def out_dim(self) -> int:
+        return self.expert_hidden[-1]
+
+    @property
+    def n_experts(self) -> int:
+        return self.n_shared + sum(self.n_specific)
+
+    def task_selection(self, task: int) -> tuple[int, ...]:
+        """Indices (into this level's expert list) a task gate may select.
+
+        Experts are ordered task 0's specific, task 1's specific, ..., then the shared ones.
+        """
+        offsets = [0]
+        for n in self.n_specific:
+            offsets.append(offsets[-1] + n)
+        shared = tuple(range(offsets[-1], offsets[-1] + self.n_shared))
+        if self.select == "shared":
+            return shared
+        if self.select == "all":
+            return tuple(range(self.n_experts))
+        own = tuple(range(offsets[task], offsets[task + 1]))
+        return own + shared
+
+    def validate(self, path: str, n_tasks: int) -> None:
+        _check(self.n_shared >= 0, f"{path}.n_shared", f"must be >= 0, got {self.n_shared}")
+        _check(
+            len(self.n_specific) == n_tasks,
+            f"{path}.n_specific",
+            f"needs one count per task ({n_tasks}), got {len(self.n_specific)}",
+        )
+        for k, n in enumerate(self.n_specific):
+            _check(n >= 0, f"{path}.n_specific[{k}]", f"must be >= 0, got {n}")
+        _check_widths(self.expert_hidden, f"{path}.expert_hidden")
+        _check_choice(self.activation, ACTIVATIONS, f"{path}.activation")
+        _check_dropout(self.dropout, f"{path}.dropout")
+        _check_choice(self.select, get_args(GateSelect), f"{path}.select")
+        _check_choice(self.gate_input, get_args(GateInput), f"{path}.gate_input")
+        _check_choice(self.gate_kind, get_args(GateKind), f"{path}.gate_kind")
+        _check_choice(self.gate_sharing, get_args(GateSharing), f"{path}.gate_sharing")
+        _check(self.n_experts >= 1, path, "the level has no expert (n_shared and n_specific all 0)")
+        if self.gate_sharing == "single":
+            _check(
+                self.select != "own+shared" or n_tasks == 1,
+                f"{path}.gate_sharing",
+                "a single gate for all tasks cannot select 'own+shared' experts; use 'shared' or 'all'",
+            )
+        for k in range(n_tasks):
+            _check(
+                len(self.task_selection(k)) > 0,
+                f"{path}.n_specific[{k}]" if self.select == "own+shared" else f"{path}.n_shared",
+                f"the gate of task {k} sees no expert (select={self.select!r})",
+            )
+        if self.gate_kind == "topk":
+            _check(self.top_k >= 1, f"{path}.top_k", f"must be >= 1, got {self.top_k}")
+            smallest = min(len(self.task_selection(k)) for k in range(n_tasks))
+            if self.shared_gate:
+                smallest = min(smallest, self.n_experts)
+            _check(
+                self.top_k <= smallest,
+                f"{path}.top_k",
+                f"top_k={self.top_k} exceeds the {smallest} expert(s) some gate sees",
+            )
+
+
+@dataclass(frozen=True)
+class TowerConfig:
+    hidden: tuple[int, ...] = (32,)
+    activation: str = "relu"
+    dropout: float = 0.0
+
+    def validate(self, path: str) -> None:
+        _check_widths(self.hidden, f"{path}.hidden", allow_empty=True)
+        _check_choice(self.activation, ACTIVATIONS, f"{path}.activation")
+        _check_dropout(self.dropout, f"{path}.dropout")
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """A whole MTL network. ``towers`` holds one tower per task, in task order."""
+
+    inputs: InputSpec
+    tasks: tuple[TaskSpec, ...]
+    levels: tuple[LevelConfig, ...]
+    towers: tuple[TowerConfig, ...]
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        self.inputs.validate("inputs")
+        _check(len(self.tasks) >= 1, "tasks", "needs at least one task")
+        for i, t in enumerate(self.tasks):
+            t.validate(f"tasks[{i}]")
+        names = [t.name for t in self.tasks]
+        _check(len(set(names)) == len(names), "tasks", f"task names must be unique, got {names}")
+        _check(len(self.levels) >= 1, "levels", "needs at least one extraction level")
+        for i, lv in enumerate(self.levels):
+            lv.validate(f"levels[{i}]", len(self.tasks))
+        top = len(self.levels) - 1
+        _check(
+            not self.levels[top].shared_gate,
+            f"levels[{top}].shared_gate",
+            "the top level has no shared gate (nothing reads its output)",
+        )
+        for i in range(1, len(self.levels)):
+            lv = self.levels[i]
+            reads_shared = lv.n_shared > 0 or (lv.shared_gate and lv.gate_input == "level")
+            _check(
+                not reads_shared or self.levels[i - 1].shared_gate,
+                f"levels[{i - 1}].shared_gate",
+                f"level {i} has shared experts or a shared gate, so level {i - 1} needs a shared gate "
+                "to feed them",
+            )
+        _check(
+            len(self.towers) == len(self.tasks),
+            "towers",
+            f"needs one tower per task ({len(self.tasks)}), got {len(self.towers)}",
+        )
+        for i, tw in enumerate(self.towers):
+            tw.validate(f"towers[{i}]")
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
+
+    # ---- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArchConfig:
+        """Build from plain data (as read from YAML/JSON); unknown keys are errors.
+
+        Conveniences for hand-written files: ``n_specific`` may be one int for every task,
+        and ``towers`` may be a single mapping used for every task.
+        """
+        data = _expect_mapping(data, "model")
+        _reject_unknown(data, cls, "model")
+        _check("tasks" in data, "model.tasks", "missing field")
+        _check("levels" in data, "model.levels", "missing field")
+        tasks = tuple(
+            _build(TaskSpec, t, f"tasks[{i}]") for i, t in enumerate(_expect_list(data["tasks"], "tasks"))
+        )
+        inputs_raw = _expect_mapping(data.get("inputs", {}), "inputs")
+        _reject_unknown(inputs_raw, InputSpec, "inputs")
+        inputs = InputSpec(
+            n_numeric=int(inputs_raw.get("n_numeric", 0)),
+            categorical=tuple(
+                _build(CategoricalFeature, c, f"inputs.categorical[{i}]")
+                for i, c in enumerate(_expect_list(inputs_raw.get("categorical", []), "inputs.categorical"))
+            ),
+        )
+        levels = []
+        for i, lv in enumerate(_expect_list(data["levels"], "levels")):
+            lv = dict(_expect_mapping(lv, f"levels[{i}]"))
+            if isinstance(lv.get("n_specific"), int):
+                lv["n_specific"] = [lv["n_specific"]] * len(tasks)
+            levels.append(_build(LevelConfig, lv, f"levels[{i}]"))
+        towers_raw = data.get("towers", {})
+        if isinstance(towers_raw, Mapping):
+            towers_raw = [towers_raw] * len(tasks)
+        towers = tuple(
+            _build(TowerConfig, t, f"towers[{i}]") for i, t in enumerate(_expect_list(towers_raw, "towers"))
+        )
+        return cls(
+            inputs=inputs,
+            tasks=tasks,
+            levels=tuple(levels),
+            towers=towers,
+            name=str(data.get("name", "custom")),
+        )
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> ArchConfig:
+        return cls.from_dict(yaml.safe_load(text))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ArchConfig:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+    @classmethod
+    def load(cls, path: str | Path) -> ArchConfig:
+        return cls.from_yaml(Path(path).read_text())
+
+
+# ---- helpers for (de)serialisation -------------------------------------------------------
+def _to_plain(obj: Any) -> Any:
+    if hasattr(obj, "__dataclass_fields__"):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _expect_mapping(value: Any, path: str) -> Mapping[str, Any]:
+    _check(isinstance(value, Mapping), path, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _expect_list(value: Any, path: str) -> list[Any]:
+    _check(isinstance(value, list | tuple), path, f"expected a list, got {type(value).__name__}")
+    return list(value)
+
+
+def _reject_unknown(data: Mapping[str, Any], cls: type, path: str) -> None:
+    known = {f.name for f in fields(cls)}
+    for key in data:
+        _check(key in known, f"{path}.{key}", f"unknown key; expected one of {sorted(known)}")
+
+
+_TUPLE_FIELDS = {"n_specific", "expert_hidden", "hidden"}
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    data = _expect_mapping(data, path)
+    _reject_unknown(data, cls, path)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if f.name in _TUPLE_FIELDS:
+            value = tuple(_expect_list(value, f"{path}.{f.name}"))
+        kwargs[f.name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        missing = [
+            f.name
+            for f in fields(cls)
+            if f.name not in data and f.default is MISSING and f.default_factory is MISSING
+        ]
+        raise ConfigError(f"{path}.{missing[0] if missing else ''}: missing field ({exc})") from None
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "ArchConfig",
+    "CategoricalFeature",
+    "ConfigError",
+    "InputSpec",
+    "LevelConfig",
+    "TaskSpec",
+    "TowerConfig",
+]

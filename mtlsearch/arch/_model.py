@@ -1,0 +1,198 @@
+"""The one parameterized MTL network and its pure builder.
+
+Expert order within a level: task 0's specific experts, task 1's, ..., then the shared
+experts. Routing sources within a level: index ``k < T`` is task k's input, ``T`` the shared
+input. At level 0 every source is the encoded raw input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mtlsearch.arch._config import ArchConfig, LevelConfig, TowerConfig
+from mtlsearch.arch._layers import GATE_FNS, BatchedMLP, InputEncoder
+
+
+@dataclass(frozen=True)
+class _GateSpec:
+    name: str  # "task:<name>", "tasks" (one gate for all) or "shared"
+    selection: tuple[int, ...]
+    source: int | None  # routing source index, or None for the raw network input
+
+
+class ExtractionLevel(nn.Module):
+    """Experts of one level (batched) plus its task gates and optional shared gate."""
+
+    def __init__(
+        self,
+        cfg: LevelConfig,
+        task_names: tuple[str, ...],
+        in_dim: int,
+        raw_dim: int,
+        first: bool,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.first = first
+        n_tasks = len(task_names)
+        self.task_names = task_names
+        sources = [k for k, n in enumerate(cfg.n_specific) for _ in range(n)]
+        sources += [n_tasks] * cfg.n_shared
+        self.register_buffer("expert_source", torch.tensor(sources), persistent=False)
+        self.expert_names = [
+            f"{task_names[k]}/{i}" for k, n in enumerate(cfg.n_specific) for i in range(n)
+        ] + [f"shared/{i}" for i in range(cfg.n_shared)]
+        self.experts = BatchedMLP(
+            cfg.n_experts, in_dim, cfg.expert_hidden, cfg.activation, cfg.dropout
+        )
+        raw = cfg.gate_input == "raw"
+        specs: list[_GateSpec] = []
+        if cfg.gate_sharing == "single":
+            specs.append(_GateSpec("tasks", cfg.task_selection(0), None if raw else 0))
+        else:
+            specs += [
+                _GateSpec(f"task:{task_names[k]}", cfg.task_selection(k), None if raw else k)
+                for k in range(n_tasks)
+            ]
+        if cfg.shared_gate:
+            specs.append(
+                _GateSpec("shared", tuple(range(cfg.n_experts)), None if raw else n_tasks)
+            )
+        self.gate_specs = tuple(specs)
+        for i, spec in enumerate(specs):
+            self.register_buffer(f"sel_{i}", torch.tensor(spec.selection), persistent=False)
+        gate_in = raw_dim if raw else in_dim
+        self.gates = nn.ModuleList(
+            nn.Identity() if cfg.gate_kind == "none" else nn.Linear(gate_in, len(s.selection))
+            for s in specs
+        )
+
+    def _expert_outputs(self, inputs: list[Tensor]) -> Tensor:
+        if self.first:
+            return self.experts(inputs[0])  # every expert reads the raw input: one GEMM
+        stacked = torch.stack(inputs)  # (sources, B, in)
+        return self.experts(stacked.index_select(0, self.expert_source))
+
+    def _weights(self, i: int, spec: _GateSpec, inputs: list[Tensor], raw: Tensor) -> Tensor:
+        """Dense mixing weights (B, E): zero outside the gate's selection."""
+        sel = getattr(self, f"sel_{i}")
+        batch = raw.shape[0]
+        if self.cfg.gate_kind == "none":
+            w = raw.new_full((batch, len(spec.selection)), 1.0 / len(spec.selection))
+        else:
+            x = raw if spec.source is None else inputs[0 if self.first else spec.source]
+            w = GATE_FNS[self.cfg.gate_kind](self.gates[i](x), self.cfg.top_k)
+        return raw.new_zeros(batch, self.cfg.n_experts).index_copy(1, sel, w)
+
+    def forward(
+        self, inputs: list[Tensor], raw: Tensor
+    ) -> tuple[list[Tensor], Tensor | None, dict[str, Tensor]]:
+        """``inputs``: one tensor per source (T tasks, then shared if any); ``raw``: encoded input.
+
+        Returns the per-task fused outputs, the shared fused output (or None) and the dense
+        gate weights by gate name.
+        """
+        experts = self._expert_outputs(inputs)  # (E, B, D)
+        weights = torch.stack(
+            [self._weights(i, s, inputs, raw) for i, s in enumerate(self.gate_specs)]
+        )  # (G, B, E)
+        fused = torch.einsum("gbe,ebd->gbd", weights, experts)
+        by_name = {s.name: fused[i] for i, s in enumerate(self.gate_specs)}
+        tasks = (
+            [by_name["tasks"]] * len(self.task_names)
+            if "tasks" in by_name
+            else [by_name[f"task:{n}"] for n in self.task_names]
+        )
+        gates = {s.name: weights[i] for i, s in enumerate(self.gate_specs)}
+        return tasks, by_name.get("shared"), gates
+
+
+class Towers(nn.Module):
+    """Per-task towers; tasks whose towers have the same shape are computed as one batch."""
+
+    def __init__(self, towers: tuple[TowerConfig, ...], out_dims: list[int], in_dim: int) -> None:
+        super().__init__()
+        groups: dict[tuple, list[int]] = {}
+        for k, (tw, out) in enumerate(zip(towers, out_dims, strict=True)):
+            groups.setdefault((tw.hidden, tw.activation, tw.dropout, out), []).append(k)
+        self.groups = [members for members in groups.values()]
+        self.mlps = nn.ModuleList(
+            BatchedMLP(len(members), in_dim, (*hidden, out), act, drop, last_activation=False)
+            for (hidden, act, drop, out), members in groups.items()
+        )
+
+    def forward(self, task_inputs: list[Tensor]) -> list[Tensor]:
+        outs: list[Tensor | None] = [None] * len(task_inputs)
+        for members, mlp in zip(self.groups, self.mlps, strict=True):
+            y = mlp(torch.stack([task_inputs[k] for k in members]))
+            for j, k in enumerate(members):
+                outs[k] = y[j]
+        return outs  # type: ignore[return-value]
+
+
+class MTLNetwork(nn.Module):
+    """A multi-task network described by an :class:`ArchConfig`.
+
+    ``forward(numeric, categorical)`` returns ``{task: output}``: logits of shape ``(B,)``
+    for binary tasks, predictions ``(B,)`` for regression, logits ``(B, C)`` for
+    multiclass. ``forward_with_gates`` also returns every gate's dense weights over its
+    level's experts, keyed ``"level<l>/<gate>"``.
+    """
+
+    def __init__(self, config: ArchConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.task_names = config.task_names
+        self.encoder = InputEncoder(config.inputs)
+        raw_dim = config.inputs.dim
+        levels = []
+        in_dim = raw_dim
+        for i, lv in enumerate(config.levels):
+            levels.append(ExtractionLevel(lv, self.task_names, in_dim, raw_dim, first=i == 0))
+            in_dim = lv.out_dim
+        self.levels = nn.ModuleList(levels)
+        self.towers = Towers(config.towers, [t.out_dim for t in config.tasks], in_dim)
+        self._squeeze = [t.kind != "multiclass" for t in config.tasks]
+
+    def expert_names(self, level: int) -> list[str]:
+        return list(self.levels[level].expert_names)
+
+    def forward_with_gates(
+        self, numeric: Tensor, categorical: Tensor
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        raw = self.encoder(numeric, categorical)
+        inputs = [raw]
+        gates: dict[str, Tensor] = {}
+        for li, level in enumerate(self.levels):
+            tasks, shared, level_gates = level(inputs, raw)
+            gates.update({f"level{li}/{name}": w for name, w in level_gates.items()})
+            inputs = tasks if shared is None else [*tasks, shared]
+        outs = self.towers(inputs[: len(self.task_names)])
+        result = {
+            name: (y.squeeze(-1) if squeeze else y)
+            for name, y, squeeze in zip(self.task_names, outs, self._squeeze, strict=True)
+        }
+        return result, gates
+
+    def forward(self, numeric: Tensor, categorical: Tensor) -> dict[str, Tensor]:
+        return self.forward_with_gates(numeric, categorical)[0]
+
+
+def build_model(config: ArchConfig, seed: int | None = None) -> MTLNetwork:
+    """Build the network a config describes.
+
+    Pure: with ``seed`` the initial weights depend only on (config, seed), and the global
+    RNG state is left as it was.
+    """
+    if seed is None:
+        return MTLNetwork(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MTLNetwork(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

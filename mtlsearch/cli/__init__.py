@@ -1,0 +1,65 @@
+"""The ``mtlsearch`` command: a thin face over the library layers.
+
+Each command group lives in its own module with a ``register(app)`` function; nothing in
+the library imports this package.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from mtlsearch._errors import UserError
+
+app = typer.Typer(
+    name="mtlsearch",
+    help="Search the design space of multi-task networks (PLE, CGC, MMoE, OMoE, shared-bottom).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _register_commands() -> None:
+    from mtlsearch.cli import _arch
+
+    for module in (_arch,):
+        module.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line on stderr and exit 2."""
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True, fg=typer.colors.YELLOW)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
