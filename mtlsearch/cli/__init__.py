@@ -33,9 +33,9 @@ def _root(
 
 
 def _register_commands() -> None:
-    from mtlsearch.cli import _arch
+    from mtlsearch.cli import _arch, _search, _train
 
-    for module in (_arch,):
+    for module in (_arch, _search, _train):
         module.register(app)
 
 

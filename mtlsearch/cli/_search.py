@@ -1,0 +1,253 @@
+"""``mtlsearch search``, ``worker`` and ``front``: run and inspect architecture searches."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import optuna
+import typer
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mtlsearch._errors import UserError
+
+logger = logging.getLogger("mtlsearch")
+console = Console(stderr=True)
+
+
+def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``--data-option key=value`` pairs; values parsed as YAML scalars (1 -> int, 0.5 -> float)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--data-option {pair!r}: expected key=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+class ProgressObserver:
+    """Terminal progress of a study: done/total, failures, front size, best per task, HV."""
+
+    def __init__(self, progress: Progress, task_id: Any, ctx: Any) -> None:
+        self.progress = progress
+        self.task_id = task_id
+        self.ctx = ctx
+        self._lock = threading.Lock()
+        self.refresh(ctx.study)
+
+    def on_study(self, study, context) -> None:  # noqa: D401 - protocol method
+        pass
+
+    def on_trial_start(self, trial, config) -> None:
+        pass
+
+    def on_epoch(self, trial, report) -> None:
+        pass
+
+    def on_trial_end(self, study: optuna.Study, trial: FrozenTrial, result: Any) -> None:
+        self.refresh(study)
+
+    def refresh(self, study: optuna.Study) -> None:
+        from mtlsearch.search import count_finished, hypervolume, pareto_front
+
+        with self._lock:
+            trials = study.get_trials(deepcopy=False)
+            objectives = self.ctx.objectives
+            done = count_finished(study)
+            failed = sum(t.state == TrialState.FAIL and "fail_reason" in t.user_attrs for t in trials)
+            pruned = sum(t.state == TrialState.PRUNED for t in trials)
+            complete = [t for t in trials if t.state == TrialState.COMPLETE]
+            front = pareto_front(study, objectives) if complete else []
+            best = []
+            for i, o in enumerate(objectives):
+                if complete and not o.is_cost:
+                    pick = max if o.direction == "maximize" else min
+                    best.append(f"{o.name} {pick(t.values[i] for t in complete):.4f}")
+            hv = hypervolume(complete, objectives) if complete else 0.0
+            self.progress.update(
+                self.task_id,
+                completed=done,
+                total=self.ctx.settings.n_trials,
+                status=(
+                    f"failed {failed} · pruned {pruned} · front {len(front)} · "
+                    f"best {', '.join(best) or '-'} · HV {hv:.4g}"
+                ),
+            )
+
+
+def quiet_libraries() -> None:
+    """Per-epoch and per-trial log lines would drown the progress display; -v brings them back."""
+    if logging.getLogger().level > logging.DEBUG:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        logging.getLogger("mtlsearch.train").setLevel(logging.WARNING)
+
+
+def _run(ctx: Any, n_jobs: int, timeout: float | None, quiet: bool) -> None:
+    from mtlsearch.search import run_worker
+
+    if n_jobs > 1:  # split the cores between in-process workers
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_jobs))
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
+        console=console, disable=quiet, transient=False,
+    )
+    with progress:
+        task_id = progress.add_task(ctx.study.study_name, total=ctx.settings.n_trials, status="")
+        ctx.observers.append(ProgressObserver(progress, task_id, ctx))
+        if n_jobs == 1:
+            run_worker(ctx, timeout=timeout)
+        else:
+            threads = [threading.Thread(target=run_worker, args=(ctx,), kwargs={"timeout": timeout})
+                       for _ in range(n_jobs)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+
+def _attach_tracking(ctx: Any, tracking_uri: str | None, enabled: bool) -> None:
+    """Hook the MLflow observer in, if the tracking layer is installed and wanted."""
+    if not enabled:
+        return
+    try:
+        from mtlsearch.tracking import MlflowObserver
+    except ImportError:  # tracking layer not present in this build
+        logger.debug("mtlsearch.tracking not available; not logging to MLflow")
+        return
+    observer = MlflowObserver(tracking_uri=tracking_uri)
+    observer.on_study(ctx.study, ctx)
+    ctx.observers.append(observer)
+
+
+def search(
+    space: Path = typer.Option(..., "--space", help="Search-space YAML (see search_spaces/)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Built-in dataset: synthetic, census-income, ali-ccp, aliexpress."),
+    data: Path | None = typer.Option(None, "--data", help="Dataset spec YAML for your own tables."),
+    data_option: list[str] | None = typer.Option(None, "--data-option", help="Dataset option key=value (e.g. group=2, n=20000)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder holding the built-in dataset's files."),
+    n_trials: int = typer.Option(8, "--n-trials", help="Trials in the study's budget (resume raises or keeps it)."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Stop this process after S seconds."),
+    study_name: str | None = typer.Option(None, "--study", help="Study name (default: from space and dataset); resumes if it exists."),
+    storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///mtlsearch.db)."),
+    sampler: str = typer.Option("tpe", "--sampler", help="nsga2 | tpe | random."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the sampler and every trial's training."),
+    objectives: list[str] | None = typer.Option(None, "--objectives", help="TASK[:METRIC], params, latency (default: every task's primary metric)."),
+    max_params: int | None = typer.Option(None, "--max-params", help="Constraint: parameter count <= N."),
+    n_jobs: int = typer.Option(1, "--n-jobs", help="Workers in this process (threads)."),
+    prune: bool = typer.Option(False, "--prune/--no-prune", help="Stop trials dominated at the same epoch by finished ones."),
+    prune_margin: float = typer.Option(0.01, "--prune-margin", help="Relative margin for dominance pruning."),
+    no_references: bool = typer.Option(False, "--no-references", help="Do not enqueue the named architectures first."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI (default sqlite:///mlflow.db beside the study)."),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Run (or resume) a multi-objective architecture search."""
+    from mtlsearch.search import SearchSettings, create_or_resume, default_storage_url
+
+    if (dataset is None) == (data is None):
+        if dataset is None and data is None:
+            raise UserError("give --dataset NAME or --data SPEC")
+        raise UserError("give either --dataset or --data, not both")
+    if not space.is_file():
+        raise UserError(f"--space {space}: no such file")
+    if data is not None and not data.is_file():
+        raise UserError(f"--data {data}: no such file")
+    source = dataset or str(data.resolve())  # type: ignore[union-attr]
+    name = study_name or f"{space.stem}-{Path(source).stem}"
+    settings = SearchSettings(
+        space_text=space.read_text(),
+        space_source=str(space),
+        dataset=source,
+        dataset_options=_parse_options(data_option),
+        data_dir=str(data_dir.resolve()) if data_dir else None,
+        objectives=tuple(objectives or ()),
+        sampler=sampler,
+        seed=seed,
+        n_trials=n_trials,
+        enqueue_references=not no_references,
+        pruning={"margin": prune_margin} if prune else None,
+        max_params=max_params,
+    )
+    quiet_libraries()
+    storage_url = storage or default_storage_url()
+    ctx = create_or_resume(name, storage_url, settings)
+    _attach_tracking(ctx, tracking_uri, not no_mlflow)
+    console.print(f"study [bold]{name}[/] in {storage_url} · objectives {[o.name for o in ctx.objectives]}")
+    _run(ctx, n_jobs, timeout, quiet)
+    _print_front(ctx.study, ctx.objectives)
+
+
+def worker(
+    study_name: str = typer.Option(..., "--study", help="Name of a study made by `mtlsearch search`."),
+    storage: str = typer.Option(..., "--storage", help="The study's storage URL (e.g. postgresql://...)."),
+    seed: int | None = typer.Option(None, "--seed", help="Sampler seed of this worker (default: distinct per worker)."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Stop after S seconds."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI"),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Join a running study from another process or machine and run its trials."""
+    from mtlsearch.search import join
+
+    quiet_libraries()
+    ctx = join(study_name, storage, seed=seed)
+    _attach_tracking(ctx, tracking_uri, not no_mlflow)
+    _run(ctx, 1, timeout, quiet)
+
+
+def front(
+    study_name: str = typer.Option(..., "--study"),
+    storage: str | None = typer.Option(None, "--storage", help="Default sqlite:///mtlsearch.db."),
+) -> None:
+    """Print the study's current Pareto front with each task's gain over single-task."""
+    from mtlsearch.search import default_storage_url, load_study, objectives_of
+
+    study = load_study(study_name, storage or default_storage_url())
+    _print_front(study, objectives_of(study))
+
+
+def _print_front(study: optuna.Study, objectives: Any) -> None:
+    from mtlsearch.search import front_table
+
+    rows = front_table(study, objectives)
+    out = Console()
+    if not rows:
+        out.print(f"study {study.study_name}: no completed trial yet")
+        return
+    table = Table(title=f"Pareto front of {study.study_name} ({len(rows)} trials)")
+    table.add_column("trial", justify="right")
+    table.add_column("model")
+    for o in objectives:
+        table.add_column(f"{o.name} ({'max' if o.direction == 'maximize' else 'min'})", justify="right")
+    task_objs = [o for o in objectives if not o.is_cost]
+    for o in task_objs:
+        table.add_column(f"gain {o.name}", justify="right")
+    table.add_column("vs single-task")
+    for r in rows:
+        gains = [r.gains[o.name] for o in task_objs]
+        verdict = "beats on all tasks" if r.beats_single else ("seesaw" if r.seesaw else "")
+        table.add_row(
+            str(r.trial), r.name,
+            *[f"{r.values[o.name]:.5g}" for o in objectives],
+            *["-" if g is None else f"{g:+.4f}" for g in gains],
+            verdict,
+        )
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search")(search)
+    app.command("worker")(worker)
+    app.command("front")(front)

@@ -1,0 +1,64 @@
+"""Search layer: declarative spaces, multi-objective Optuna studies, workers, the front.
+
+Knows the trainer and the builder; knows nothing of MLflow or the CLI. Observers (tracking,
+progress displays) watch a search through :class:`SearchObserver` hooks.
+"""
+
+from mtlsearch.search._front import (
+    FrontRow,
+    front_table,
+    gain,
+    hypervolume,
+    pareto_front,
+    pareto_ranks,
+    reference_point,
+)
+from mtlsearch.search._objectives import Objective, parse_objectives
+from mtlsearch.search._pruning import DominancePruning
+from mtlsearch.search._space import SearchSpace
+from mtlsearch.search._study import (
+    CONFIG_ATTR,
+    FAIL_ATTR,
+    SAMPLERS,
+    SearchContext,
+    SearchObserver,
+    SearchSettings,
+    count_finished,
+    create_or_resume,
+    default_storage_url,
+    join,
+    load_study,
+    objectives_of,
+    open_storage,
+    run_worker,
+    settings_of,
+)
+
+__all__ = [
+    "CONFIG_ATTR",
+    "FAIL_ATTR",
+    "SAMPLERS",
+    "DominancePruning",
+    "FrontRow",
+    "Objective",
+    "SearchContext",
+    "SearchObserver",
+    "SearchSettings",
+    "SearchSpace",
+    "count_finished",
+    "create_or_resume",
+    "default_storage_url",
+    "front_table",
+    "gain",
+    "hypervolume",
+    "join",
+    "load_study",
+    "objectives_of",
+    "open_storage",
+    "pareto_front",
+    "pareto_ranks",
+    "parse_objectives",
+    "reference_point",
+    "run_worker",
+    "settings_of",
+]

@@ -1,0 +1,476 @@
+"""Declarative search spaces: a YAML file of ranges and choices over the builder's knobs.
+
+A space maps an Optuna trial to a validated :class:`ExperimentConfig` and does nothing else:
+the same trial parameters always give the same config (``suggest`` is a pure function of the
+trial's parameters, which is also how ``export`` rebuilds a trial's network).
+
+Value grammar, for any leaf: a literal (a constant), or a one-key mapping
+``{int: [lo, hi]}`` (optional ``step``, ``log``), ``{float: [lo, hi]}`` (optional ``log``),
+``{choice: [a, b, ...]}`` (choices may be lists, e.g. widths).
+
+Encodings: ``conditional`` samples a level's parameters only if the level exists (TPE handles
+that well); ``fixed`` samples every level up to the maximum in every trial and uses the first
+``levels`` of them, so each trial has the same parameters. NSGA-II needs ``fixed``: it samples
+parameters outside the intersection of all trials' spaces at random, which would cut
+conditional parameters out of its crossover.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+
+from mtlsearch._errors import UserError
+from mtlsearch.arch import (
+    ACTIVATIONS,
+    PRESETS,
+    ArchConfig,
+    ConfigError,
+    InputSpec,
+    LevelConfig,
+    TaskSpec,
+    TowerConfig,
+    preset,
+)
+from mtlsearch.arch._config import GateInput, GateKind, GateSelect, GateSharing
+
+# ---- parameters ---------------------------------------------------------------------------
+
+
+class Param:
+    """One leaf of the space."""
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        raise NotImplementedError
+
+    def draw(self, rng: random.Random) -> Any:
+        """A random value in the trial's encoding (for the feasibility probe)."""
+        raise NotImplementedError
+
+    def values(self) -> list[Any]:
+        """Every value this leaf can take (ranges: their ends), for static checks."""
+        raise NotImplementedError
+
+    def default(self) -> Any:
+        """The value used for the named reference architectures' training settings."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Const(Param):
+    value: Any
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        return self.value
+
+    def draw(self, rng: random.Random) -> Any:
+        return self.value
+
+    def values(self) -> list[Any]:
+        return [self.value]
+
+    def default(self) -> Any:
+        return self.value
+
+
+@dataclass(frozen=True)
+class IntRange(Param):
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+    def suggest(self, trial: Any, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+
+    def draw(self, rng: random.Random) -> int:
+        return rng.randrange(self.low, self.high + 1, self.step)
+
+    def values(self) -> list[Any]:
+        return [self.low, self.high]
+
+    def default(self) -> int:
+        return self.low
+
+
+@dataclass(frozen=True)
+class FloatRange(Param):
+    low: float
+    high: float
+    log: bool = False
+
+    def suggest(self, trial: Any, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+    def draw(self, rng: random.Random) -> float:
+        if self.log:
+            return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        return rng.uniform(self.low, self.high)
+
+    def values(self) -> list[Any]:
+        return [self.low, self.high]
+
+    def default(self) -> float:
+        return math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+
+
+def _is_primitive(v: Any) -> bool:
+    return v is None or isinstance(v, bool | int | float | str)
+
+
+@dataclass(frozen=True)
+class Choice(Param):
+    options: tuple[Any, ...]
+
+    @property
+    def _encoded(self) -> bool:
+        return not all(_is_primitive(v) for v in self.options)
+
+    def _encode(self, v: Any) -> Any:
+        return json.dumps(v) if self._encoded else v
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        choices = [self._encode(v) for v in self.options]
+        value = trial.suggest_categorical(name, choices)
+        return json.loads(value) if self._encoded else value
+
+    def draw(self, rng: random.Random) -> Any:
+        return self._encode(rng.choice(self.options))
+
+    def values(self) -> list[Any]:
+        return list(self.options)
+
+    def default(self) -> Any:
+        return self.options[0]
+
+
+def _parse_param(raw: Any, where: str) -> Param:
+    if not isinstance(raw, Mapping):
+        return Const(tuple(raw) if isinstance(raw, list) else raw)
+    kinds = [k for k in ("int", "float", "choice") if k in raw]
+    if len(kinds) != 1:
+        raise UserError(f"{where}: expected one of 'int', 'float', 'choice' (or a constant), got {dict(raw)}")
+    kind = kinds[0]
+    extra = set(raw) - {kind, "log", "step"}
+    if extra:
+        raise UserError(f"{where}.{sorted(extra)[0]}: unknown key")
+    spec = raw[kind]
+    if kind == "choice":
+        if not isinstance(spec, list) or not spec:
+            raise UserError(f"{where}.choice: needs a non-empty list")
+        return Choice(tuple(tuple(v) if isinstance(v, list) else v for v in spec))
+    if not (isinstance(spec, list) and len(spec) == 2):
+        raise UserError(f"{where}.{kind}: needs [low, high]")
+    low, high = spec
+    log = bool(raw.get("log", False))
+    if low > high:
+        raise UserError(f"{where}.{kind}: empty range [{low}, {high}]")
+    if log and low <= 0:
+        raise UserError(f"{where}.{kind}: a log range needs low > 0, got {low}")
+    if kind == "int":
+        if not all(isinstance(v, int) for v in (low, high)):
+            raise UserError(f"{where}.int: bounds must be integers, got {spec}")
+        return IntRange(low, high, int(raw.get("step", 1)), log)
+    return FloatRange(float(low), float(high), log)
+
+
+# ---- the space ------------------------------------------------------------------------------
+
+_LEVEL_KEYS = {
+    "n_shared", "n_specific", "per_task", "expert_hidden", "activation", "dropout", "select",
+    "shared_gate", "gate_input", "gate_kind", "top_k", "gate_sharing",
+}
+_TOWER_KEYS = {"hidden", "activation", "dropout"}
+_TRAINING_KEYS = {
+    "optimizer", "lr", "weight_decay", "batch_size", "epochs", "patience", "monitor",
+    "loss_weighting", "seed",
+}
+_TOP_KEYS = {
+    "name", "description", "levels", "level", "tower", "embedding_dim", "training", "reference",
+    "encoding",
+}
+_REFERENCE_KEYS = {"presets", "sizes", "training"}
+
+# Which builder vocabulary each key's choices must come from.
+_VOCAB: dict[str, tuple[Any, ...]] = {
+    "select": get_args(GateSelect),
+    "gate_input": get_args(GateInput),
+    "gate_kind": get_args(GateKind),
+    "gate_sharing": get_args(GateSharing),
+    "activation": ACTIVATIONS,
+    "shared_gate": (True, False, "auto"),
+    "per_task": (True, False),
+}
+
+_LEVEL_DEFAULTS: dict[str, Any] = {
+    "n_shared": 2, "n_specific": 1, "per_task": False, "expert_hidden": (64,),
+    "activation": "relu", "dropout": 0.0, "select": "own+shared", "shared_gate": "auto",
+    "gate_input": "level", "gate_kind": "softmax", "top_k": 2, "gate_sharing": "per_task",
+}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A parsed, statically checked search space. Build with :meth:`load` or :meth:`from_dict`."""
+
+    name: str
+    levels: Param
+    level: Mapping[str, Param]
+    tower: Mapping[str, Param]
+    embedding_dim: Param
+    training: Mapping[str, Param]
+    encoding: str
+    reference_presets: tuple[str, ...]
+    reference_sizes: Mapping[str, Any]
+    reference_training: Mapping[str, Any]
+    source: str = "<space>"
+    text: str = ""
+
+    # ---- construction ----
+    @classmethod
+    def load(cls, path: str | Path) -> SearchSpace:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: search space file not found")
+        text = path.read_text()
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        return cls.from_dict(data, source=str(path), text=text)
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "<space>") -> SearchSpace:
+        return cls.from_dict(yaml.safe_load(text), source=source, text=text)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<space>", text: str = "") -> SearchSpace:
+        if not isinstance(data, Mapping):
+            raise UserError(f"{source}: a search space must be a mapping")
+
+        def where(key: str) -> str:
+            return f"{source}: {key}"
+
+        _unknown(data, _TOP_KEYS, where(""))
+        for section, keys in (("level", _LEVEL_KEYS), ("tower", _TOWER_KEYS), ("training", _TRAINING_KEYS)):
+            if section in data and not isinstance(data[section], Mapping):
+                raise UserError(f"{where(section)}: expected a mapping")
+            _unknown(data.get(section, {}), keys, where(f"{section}."))
+        level = {
+            k: _parse_param(data.get("level", {}).get(k, v), where(f"level.{k}"))
+            for k, v in _LEVEL_DEFAULTS.items()
+        }
+        tower = {
+            k: _parse_param(data.get("tower", {}).get(k, v), where(f"tower.{k}"))
+            for k, v in {"hidden": (32,), "activation": "relu", "dropout": 0.0}.items()
+        }
+        training = {
+            k: _parse_param(v, where(f"training.{k}")) for k, v in data.get("training", {}).items()
+        }
+        ref = data.get("reference", {}) or {}
+        if not isinstance(ref, Mapping):
+            raise UserError(f"{where('reference')}: expected a mapping")
+        _unknown(ref, _REFERENCE_KEYS, where("reference."))
+        presets = tuple(ref.get("presets", ("single_task", "shared_bottom", "mmoe", "cgc", "ple")))
+        for p in presets:
+            if p not in PRESETS:
+                raise UserError(f"{where('reference.presets')}: unknown preset {p!r}; known: {sorted(PRESETS)}")
+        encoding = data.get("encoding", "auto")
+        if encoding not in ("auto", "fixed", "conditional"):
+            raise UserError(f"{where('encoding')}: expected auto, fixed or conditional, got {encoding!r}")
+        space = cls(
+            name=str(data.get("name", Path(source).stem)),
+            levels=_parse_param(data.get("levels", 1), where("levels")),
+            level=level,
+            tower=tower,
+            embedding_dim=_parse_param(data.get("embedding_dim", 8), where("embedding_dim")),
+            training=training,
+            encoding=encoding,
+            reference_presets=presets,
+            reference_sizes=dict(ref.get("sizes", {}) or {}),
+            reference_training=dict(ref.get("training", {}) or {}),
+            source=source,
+            text=text,
+        )
+        space._check_static()
+        return space
+
+    def _check_static(self) -> None:
+        for key, param in self.level.items():
+            for v in param.values():
+                if key in _VOCAB and v not in _VOCAB[key]:
+                    raise UserError(
+                        f"{self.source}: level.{key}: unknown choice {v!r}; the builder knows {list(_VOCAB[key])}"
+                    )
+        for v in self.tower["activation"].values():
+            if v not in ACTIVATIONS:
+                raise UserError(f"{self.source}: tower.activation: unknown choice {v!r}; known {list(ACTIVATIONS)}")
+        for v in self.levels.values():
+            if not isinstance(v, int) or v < 1:
+                raise UserError(f"{self.source}: levels: needs integers >= 1, got {v!r}")
+        for key in ("n_shared", "n_specific", "top_k"):
+            for v in self.level[key].values():
+                if not isinstance(v, int) or v < 0:
+                    raise UserError(f"{self.source}: level.{key}: needs integers >= 0, got {v!r}")
+        from mtlsearch.train import TrainConfig
+
+        for key, param in self.training.items():
+            for v in param.values():
+                try:
+                    TrainConfig.from_dict({key: list(v) if isinstance(v, tuple) else v})
+                except (UserError, ValueError, TypeError) as exc:
+                    raise UserError(f"{self.source}: {exc}") from None
+
+    # ---- mapping a trial to a config ----
+    @property
+    def max_levels(self) -> int:
+        return max(self.levels.values())
+
+    def resolved_encoding(self, sampler: str) -> str:
+        if self.encoding != "auto":
+            return self.encoding
+        return "fixed" if sampler == "nsga2" else "conditional"
+
+    def suggest(
+        self,
+        trial: Any,
+        inputs: Any,
+        tasks: Sequence[TaskSpec],
+        encoding: str = "conditional",
+    ) -> Any:
+        """Map a trial to an :class:`ExperimentConfig` (raises ConfigError if it cannot build).
+
+        ``inputs`` is an ``MTLDataset`` (anything with ``input_spec(embed_dim)``) or an
+        :class:`InputSpec` used as is.
+        """
+        from mtlsearch.train import ExperimentConfig, TrainConfig
+
+        tasks = tuple(tasks)
+        n_levels = self.levels.suggest(trial, "levels")
+        built = self.max_levels if encoding == "fixed" else n_levels
+        raw_levels = [self._suggest_level(trial, i, tasks) for i in range(built)][:n_levels]
+        levels = []
+        for i, lv in enumerate(raw_levels):
+            above = raw_levels[i + 1] if i + 1 < n_levels else None
+            levels.append(self._finish_level(lv, above, tasks))
+        tower = TowerConfig(
+            hidden=tuple(self.tower["hidden"].suggest(trial, "tower.hidden")),
+            activation=self.tower["activation"].suggest(trial, "tower.activation"),
+            dropout=self.tower["dropout"].suggest(trial, "tower.dropout"),
+        )
+        embed = self.embedding_dim.suggest(trial, "embedding_dim")
+        spec = inputs if isinstance(inputs, InputSpec) else inputs.input_spec(embed)
+        arch = ArchConfig(
+            inputs=spec,
+            tasks=tasks,
+            levels=tuple(levels),
+            towers=(tower,) * len(tasks),
+            name=f"{self.name}-trial",
+        )
+        training = {k: p.suggest(trial, f"training.{k}") for k, p in self.training.items()}
+        return ExperimentConfig(model=arch, training=TrainConfig.from_dict(training))
+
+    def _suggest_level(self, trial: Any, i: int, tasks: tuple[TaskSpec, ...]) -> dict[str, Any]:
+        p = f"l{i}."
+        lv = {k: self.level[k].suggest(trial, p + k) for k in _LEVEL_DEFAULTS if k not in ("n_specific", "per_task")}
+        per_task = self.level["per_task"].suggest(trial, p + "per_task")
+        if per_task:
+            lv["n_specific"] = tuple(
+                self.level["n_specific"].suggest(trial, f"{p}n_specific.{t.name}") for t in tasks
+            )
+        else:
+            lv["n_specific"] = (self.level["n_specific"].suggest(trial, p + "n_specific"),) * len(tasks)
+        lv["expert_hidden"] = tuple(lv["expert_hidden"])
+        return lv
+
+    @staticmethod
+    def _finish_level(
+        lv: dict[str, Any], above: dict[str, Any] | None, tasks: tuple[TaskSpec, ...]
+    ) -> LevelConfig:
+        """Deterministic repairs: ``shared_gate: auto`` means every level but the top (PLE's
+        rule), and the top level never has one; ``top_k`` is capped at the smallest selection a gate sees."""
+        lv = dict(lv)
+        if lv["shared_gate"] == "auto":
+            lv["shared_gate"] = above is not None
+        elif above is None:
+            lv["shared_gate"] = False
+        cfg = LevelConfig(**lv)
+        if cfg.gate_kind == "topk":
+            sizes = [len(cfg.task_selection(k)) for k in range(len(tasks))]
+            if cfg.shared_gate:
+                sizes.append(cfg.n_experts)
+            smallest = min(sizes)
+            if smallest >= 1 and cfg.top_k > smallest:
+                cfg = LevelConfig(**{**lv, "top_k": smallest})
+        return cfg
+
+    # ---- checks and references ----
+    def check_feasible(
+        self, inputs: Any, tasks: Sequence[TaskSpec], encoding: str, draws: int = 200, seed: int = 0
+    ) -> float:
+        """Fraction of random draws that build; a space where none does is a UserError."""
+        from optuna.trial import FixedTrial
+
+        rng = random.Random(seed)
+        names = self._param_leaves(tuple(tasks))
+        ok, first_error = 0, None
+        for _ in range(draws):
+            params = {name: param.draw(rng) for name, param in names.items()}
+            try:
+                self.suggest(FixedTrial(params), inputs, tasks, encoding="fixed")
+                ok += 1
+            except ConfigError as exc:
+                first_error = first_error or str(exc)
+        if ok == 0:
+            raise UserError(
+                f"{self.source}: no combination in this space builds a network "
+                f"(in {draws} random draws), e.g. {first_error}"
+            )
+        return ok / draws
+
+    def _param_leaves(self, tasks: tuple[TaskSpec, ...]) -> dict[str, Param]:
+        leaves: dict[str, Param] = {"levels": self.levels}
+        for i in range(self.max_levels):
+            for k, param in self.level.items():
+                if k == "n_specific":
+                    leaves[f"l{i}.n_specific"] = param
+                    leaves.update({f"l{i}.n_specific.{t.name}": param for t in tasks})
+                else:
+                    leaves[f"l{i}.{k}"] = param
+        leaves.update({f"tower.{k}": v for k, v in self.tower.items()})
+        leaves["embedding_dim"] = self.embedding_dim
+        leaves.update({f"training.{k}": v for k, v in self.training.items()})
+        return leaves
+
+    def reference_configs(self, inputs: Any, tasks: Sequence[TaskSpec]) -> dict[str, Any]:
+        """The named architectures (enqueued as the first trials), with the space's training
+        defaults overridden by ``reference.training``."""
+        from mtlsearch.train import ExperimentConfig, TrainConfig
+
+        training = {k: p.default() for k, p in self.training.items()}
+        training.update(self.reference_training)
+        embed = self.reference_sizes.get("embedding_dim", self.embedding_dim.default())
+        spec = inputs if isinstance(inputs, InputSpec) else inputs.input_spec(embed)
+        sizes = {k: v for k, v in self.reference_sizes.items() if k != "embedding_dim"}
+        sizes = {k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()}
+        train_cfg = TrainConfig.from_dict(training)
+        try:
+            return {
+                name: ExperimentConfig(model=preset(name, spec, tuple(tasks), **sizes), training=train_cfg)
+                for name in self.reference_presets
+            }
+        except (ConfigError, TypeError) as exc:
+            raise UserError(f"{self.source}: reference.sizes: {exc}") from None
+
+
+def _unknown(data: Mapping[str, Any], known: set[str], where: str) -> None:
+    for key in data:
+        if key not in known:
+            raise UserError(f"{where}{key}: unknown key; expected one of {sorted(known)}")

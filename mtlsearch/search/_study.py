@@ -1,0 +1,445 @@
+"""Multi-objective Optuna studies over the builder's space, run by one or many workers.
+
+The study stores its own recipe (space, dataset, objectives, sampler, budget) in its user
+attributes, so ``mtlsearch worker --study NAME --storage URL`` can join it from any process
+or machine that reaches the storage.
+
+Exact budgets across workers: the budget is a set of *tickets*, WAITING trials enqueued
+when the study is created or resumed (the named reference architectures first). A worker
+only asks for a trial while a ticket is waiting; Optuna hands each waiting trial to exactly
+one worker. A worker whose trial dies without reporting (SIGKILL, lost machine) is found by
+the RDB heartbeat; its trial is FAILed and re-enqueued as a fresh ticket
+(:class:`optuna.storages.RetryHeartbeatStaleTrialCallback`), so it is retried, not lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from mtlsearch._errors import UserError
+from mtlsearch.arch import ConfigError
+from mtlsearch.search._front import PRESET_ATTR
+from mtlsearch.search._objectives import Objective, from_dict, objective_values, to_dict
+from mtlsearch.search._pruning import DominancePruning, PruningCallback
+from mtlsearch.search._space import SearchSpace
+
+logger = logging.getLogger(__name__)
+
+RECIPE_ATTR = "mtlsearch"
+TICKET_ATTR = "ticket"
+FAIL_ATTR = "fail_reason"
+CONFIG_ATTR = "config"
+HEARTBEAT_INTERVAL = 10  # seconds
+GRACE_PERIOD = 30
+
+
+# ---- samplers (a registry, so a new one is one entry) ---------------------------------------
+# Each factory takes (seed, budget, number of enqueued reference trials). The reference
+# trials carry no sampled parameters, so they must not count as a model-based sampler's
+# random start-up trials.
+def _nsga2(seed: int | None, n_trials: int, n_refs: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, n_trials // 4)))
+
+
+def _tpe(seed: int | None, n_trials: int, n_refs: int) -> optuna.samplers.BaseSampler:
+    # Named explicitly: Optuna 5's defaults changed; multivariate+group handles the
+    # conditional level parameters, constant_liar keeps parallel workers apart.
+    with warnings.catch_warnings():  # `group` is "experimental" since 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=True,
+            n_startup_trials=n_refs + max(5, min(10, n_trials // 5)),
+        )
+
+
+def _random(seed: int | None, n_trials: int, n_refs: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+SAMPLERS: dict[str, Callable[[int | None, int, int], optuna.samplers.BaseSampler]] = {
+    "nsga2": _nsga2,
+    "tpe": _tpe,
+    "random": _random,
+}
+
+
+# ---- storage ------------------------------------------------------------------------------
+def default_storage_url() -> str:
+    return f"sqlite:///{Path.cwd() / 'mtlsearch.db'}"
+
+
+def open_storage(url: str, heartbeat: bool = True) -> BaseStorage:
+    """An Optuna storage for a URL: RDB (SQLite, PostgreSQL, MySQL) with heartbeats and
+    retry of dead workers' trials, or Redis (journal storage, no heartbeat)."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from optuna.storages.journal import JournalRedisBackend, JournalStorage
+
+        return JournalStorage(JournalRedisBackend(url))
+    kwargs: dict[str, Any] = {}
+    if heartbeat:
+        # A dead worker's trial is failed after ``grace`` seconds without a heartbeat and
+        # re-enqueued (retried) up to 3 times.
+        interval = int(os.environ.get("MTLSEARCH_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL))
+        grace = int(os.environ.get("MTLSEARCH_GRACE_PERIOD", max(GRACE_PERIOD, 3 * interval)))
+        kwargs = dict(
+            heartbeat_interval=interval,
+            grace_period=grace,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=3
+            ),
+        )
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    try:
+        with warnings.catch_warnings():  # heartbeats and the retry callback are "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except Exception as exc:  # bad URL, server down, missing driver
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"--storage {url}: cannot open ({type(exc).__name__}: {first})") from None
+
+
+# ---- the recipe a study carries ----------------------------------------------------------------
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything a worker needs to run trials of a study, stored in the study itself."""
+
+    space_text: str
+    space_source: str
+    dataset: str
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    objectives: tuple[str, ...] = ()
+    sampler: str = "tpe"
+    seed: int = 0
+    n_trials: int = 20
+    enqueue_references: bool = True
+    pruning: dict[str, Any] | None = None
+    max_params: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"--sampler: unknown {self.sampler!r}; expected one of {sorted(SAMPLERS)}")
+        if self.n_trials < 1:
+            raise UserError(f"--n-trials: must be >= 1, got {self.n_trials}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SearchSettings:
+        data = json.loads(text)
+        data["objectives"] = tuple(data["objectives"])
+        return cls(**data)
+
+    def same_search(self, other: SearchSettings) -> bool:
+        """Whether two settings describe the same search (budget and pruning may change)."""
+        keys = ("space_text", "dataset", "dataset_options", "objectives", "max_params")
+        return all(getattr(self, k) == getattr(other, k) for k in keys)
+
+
+# ---- observers -----------------------------------------------------------------------------
+class SearchObserver(Protocol):
+    """How tracking and progress displays watch a search without the search knowing them.
+
+    Every method is optional in spirit: implement it as a no-op if not needed.
+    """
+
+    def on_study(self, study: optuna.Study, context: SearchContext) -> None: ...
+
+    def on_trial_start(self, trial: optuna.Trial, config: Any) -> None: ...
+
+    def on_epoch(self, trial: optuna.Trial, report: Any) -> None: ...
+
+    def on_trial_end(self, study: optuna.Study, trial: FrozenTrial, result: Any | None) -> None: ...
+
+
+# ---- a loaded study with its data --------------------------------------------------------------
+@dataclass
+class SearchContext:
+    study: optuna.Study
+    settings: SearchSettings
+    space: SearchSpace
+    objectives: tuple[Objective, ...]
+    data: Any  # MTLDataset
+    encoding: str
+    references: dict[str, Any]
+    observers: list[Any] = field(default_factory=list)
+    heartbeat: bool = True
+    results: dict[int, Any] = field(default_factory=dict)  # trial number -> TrainResult
+
+    @property
+    def pruning(self) -> DominancePruning | None:
+        return DominancePruning(**self.settings.pruning) if self.settings.pruning else None
+
+
+def _load_data(settings: SearchSettings) -> Any:
+    from mtlsearch.data import load_dataset
+
+    data_dir = Path(settings.data_dir) if settings.data_dir else None
+    return load_dataset(settings.dataset, data_dir=data_dir, seed=settings.seed, **settings.dataset_options)
+
+
+def _context(study: optuna.Study, settings: SearchSettings, heartbeat: bool) -> SearchContext:
+    space = SearchSpace.from_yaml(settings.space_text, source=settings.space_source)
+    data = _load_data(settings)
+    from mtlsearch.search._objectives import parse_objectives
+
+    objectives = parse_objectives(list(settings.objectives), data.tasks)
+    encoding = space.resolved_encoding(settings.sampler)
+    space.check_feasible(data, data.tasks, encoding)
+    return SearchContext(
+        study=study,
+        settings=settings,
+        space=space,
+        objectives=objectives,
+        data=data,
+        encoding=encoding,
+        references=space.reference_configs(data, data.tasks) if settings.enqueue_references else {},
+        heartbeat=heartbeat,
+    )
+
+
+def create_or_resume(
+    study_name: str, storage_url: str, settings: SearchSettings, heartbeat: bool = True
+) -> SearchContext:
+    """Create the study (or load it by name to resume) and top its tickets up to the budget."""
+    # Validate the space before anything is written to the storage.
+    SearchSpace.from_yaml(settings.space_text, source=settings.space_source)
+    storage = open_storage(storage_url, heartbeat)
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    if study_name in existing:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        stored = SearchSettings.from_json(study.user_attrs[RECIPE_ATTR]) if RECIPE_ATTR in study.user_attrs else None
+        if stored is None:
+            raise UserError(f"--study {study_name}: exists in {storage_url} but was not made by mtlsearch")
+        if not stored.same_search(settings):
+            raise UserError(
+                f"--study {study_name}: exists with a different space, dataset or objectives; "
+                "choose another --study name"
+            )
+        settings = SearchSettings(**{**asdict(stored), "n_trials": settings.n_trials,
+                                     "pruning": settings.pruning, "objectives": stored.objectives})
+        study.set_user_attr(RECIPE_ATTR, settings.to_json())
+        ctx = _context(study, settings, heartbeat)
+        ctx.study = optuna.load_study(study_name=study_name, storage=storage,
+                                      sampler=make_sampler(settings, ctx.space))
+        logger.info("resuming study %r: %d finished of %d", study_name, count_finished(ctx.study), settings.n_trials)
+    else:
+        data_ctx = _context(None, settings, heartbeat)  # type: ignore[arg-type]
+        objectives = data_ctx.objectives
+        settings = SearchSettings(**{**asdict(settings), "objectives": tuple(o.name for o in objectives)})
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            directions=[o.direction for o in objectives],
+            sampler=make_sampler(settings, data_ctx.space),
+        )
+        study.set_user_attr(RECIPE_ATTR, settings.to_json())
+        study.set_user_attr("objectives", to_dict(objectives))
+        data_ctx.study = study
+        data_ctx.settings = settings
+        ctx = data_ctx
+    _top_up_tickets(ctx)
+    return ctx
+
+
+def join(study_name: str, storage_url: str, seed: int | None = None, heartbeat: bool = True) -> SearchContext:
+    """Load a running study as an extra worker (its recipe comes from the storage)."""
+    storage = open_storage(storage_url, heartbeat)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise UserError(f"--study {study_name}: no such study in {storage_url}") from None
+    if RECIPE_ATTR not in study.user_attrs:
+        raise UserError(f"--study {study_name}: was not made by mtlsearch (no recipe)")
+    settings = SearchSettings.from_json(study.user_attrs[RECIPE_ATTR])
+    if seed is not None:
+        settings = SearchSettings(**{**asdict(settings), "seed": seed})
+    ctx = _context(study, settings, heartbeat)
+    # Each worker needs its own sampler seed, or workers would propose the same points.
+    sampler_seed = seed if seed is not None else settings.seed + 1 + (time.time_ns() % 100_000)
+    ctx.study = optuna.load_study(
+        study_name=study_name,
+        storage=storage,
+        sampler=SAMPLERS[settings.sampler](sampler_seed, settings.n_trials, len(ctx.references)),
+    )
+    return ctx
+
+
+def make_sampler(settings: SearchSettings, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    n_refs = len(space.reference_presets) if settings.enqueue_references else 0
+    return SAMPLERS[settings.sampler](settings.seed, settings.n_trials, n_refs)
+
+
+# ---- tickets and counting -------------------------------------------------------------------
+def _is_counted(t: FrozenTrial) -> bool:
+    """A trial that used up budget: complete, pruned, or failed for a reason of its own
+    (a trial lost with its worker is retried instead, and a surplus one never ran)."""
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return t.state == TrialState.FAIL and FAIL_ATTR in t.user_attrs
+
+
+def count_finished(study: optuna.Study) -> int:
+    return sum(_is_counted(t) for t in study.get_trials(deepcopy=False))
+
+
+def _state_counts(study: optuna.Study) -> dict[TrialState, int]:
+    counts: dict[TrialState, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state] = counts.get(t.state, 0) + 1
+    return counts
+
+
+def _top_up_tickets(ctx: SearchContext) -> None:
+    study = ctx.study
+    trials = study.get_trials(deepcopy=False)
+    finished = sum(_is_counted(t) for t in trials)
+    pending = sum(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials)
+    missing = ctx.settings.n_trials - finished - pending
+    if missing <= 0:
+        return
+    done_presets = {t.user_attrs.get(PRESET_ATTR) for t in trials if t.user_attrs.get(TICKET_ATTR)}
+    for name in ctx.references:
+        if missing == 0:
+            break
+        if name in done_presets:
+            continue
+        study.enqueue_trial({}, user_attrs={TICKET_ATTR: True, PRESET_ATTR: name}, skip_if_exists=False)
+        missing -= 1
+    for _ in range(missing):
+        study.enqueue_trial({}, user_attrs={TICKET_ATTR: True}, skip_if_exists=False)
+
+
+# ---- running trials -------------------------------------------------------------------------
+class _Surplus(Exception):
+    """The trial was created after the last ticket was taken (a race between workers)."""
+
+
+def _fail_reason(exc: BaseException) -> str:
+    if isinstance(exc, ConfigError):
+        return f"invalid sample: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[float]]:
+    """The function Optuna calls per trial: config -> trainer -> objective values."""
+    from mtlsearch.train import ExperimentConfig, TrainConfig, fit, measure_latency
+
+    def objective(trial: optuna.Trial) -> Sequence[float]:
+        if not trial.user_attrs.get(TICKET_ATTR):
+            trial.set_user_attr("surplus", True)
+            raise _Surplus("no ticket left: another worker took the last one")
+        try:
+            name = trial.user_attrs.get(PRESET_ATTR)
+            if name:
+                config = ctx.references[name]
+            else:
+                config = ctx.space.suggest(trial, ctx.data, ctx.data.tasks, ctx.encoding)
+            training = TrainConfig.from_dict({**config.training.to_dict(), "seed": ctx.settings.seed})
+            config = ExperimentConfig(model=config.model, training=training)
+            trial.set_user_attr(CONFIG_ATTR, config.to_dict())
+            for obs in ctx.observers:
+                obs.on_trial_start(trial, config)
+            callbacks: list[Callable[[Any], None]] = [PruningCallback(trial, ctx.objectives, ctx.pruning)]
+            callbacks += [(lambda report, o=o: o.on_epoch(trial, report)) for o in ctx.observers]
+            result = fit(config, ctx.data, callbacks=callbacks, progress=False)
+            costs = {"params": float(result.n_params)}
+            if any(o.name == "latency" for o in ctx.objectives):
+                costs["latency"] = measure_latency(result.model, ctx.data)
+            values = objective_values(ctx.objectives, result.valid, costs)
+            bad = [o.name for o, v in zip(ctx.objectives, values, strict=True) if not math.isfinite(v)]
+            if bad:
+                raise ValueError(f"objective {bad[0]} is not finite (e.g. a split with one class)")
+            if ctx.settings.max_params is not None:
+                trial.set_constraint("params", result.n_params - ctx.settings.max_params)
+            trial.set_user_attr("valid", result.valid)
+            trial.set_user_attr("test", result.test)
+            trial.set_user_attr("n_params", result.n_params)
+            trial.set_user_attr("best_epoch", result.best_epoch)
+            trial.set_user_attr("seconds", round(result.seconds, 3))
+            trial.set_user_attr("costs", costs)
+            ctx.results[trial.number] = result
+            return values
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            trial.set_user_attr(FAIL_ATTR, _fail_reason(exc))
+            logger.warning("trial %d failed: %s", trial.number, _fail_reason(exc))
+            logger.debug("".join(traceback.format_exception(exc)))
+            raise
+
+    return objective
+
+
+def run_worker(ctx: SearchContext, timeout: float | None = None, poll: float = 2.0) -> int:
+    """Run trials until the study's budget is used up (or ``timeout`` seconds pass).
+
+    Returns the number of trials this worker ran.
+    """
+    study = ctx.study
+    objective = make_objective(ctx)
+    start = time.monotonic()
+    ran = 0
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        result = ctx.results.pop(trial.number, None)
+        for obs in ctx.observers:
+            obs.on_trial_end(study, trial, result)
+
+    while True:
+        if timeout is not None and time.monotonic() - start > timeout:
+            logger.info("timeout reached after %d trials", ran)
+            break
+        if ctx.heartbeat:
+            with warnings.catch_warnings():  # experimental since 2.9, stable in practice
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+        counts = _state_counts(study)
+        if count_finished(study) >= ctx.settings.n_trials:
+            break
+        if counts.get(TrialState.WAITING, 0) == 0:
+            if counts.get(TrialState.RUNNING, 0) == 0:
+                logger.info("no trial left to run; `mtlsearch search --study` tops the budget up")
+                break
+            time.sleep(poll)  # others are running; one may die and be re-enqueued
+            continue
+        study.optimize(
+            objective, n_trials=1, catch=(Exception,), callbacks=[after_trial],
+            gc_after_trial=False, show_progress_bar=False,
+        )
+        ran += 1
+    return ran
+
+
+def settings_of(study: optuna.Study) -> SearchSettings:
+    return SearchSettings.from_json(study.user_attrs[RECIPE_ATTR])
+
+
+def objectives_of(study: optuna.Study) -> tuple[Objective, ...]:
+    return from_dict(study.user_attrs["objectives"])
+
+
+def load_study(study_name: str, storage_url: str) -> optuna.Study:
+    storage = open_storage(storage_url, heartbeat=False)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise UserError(f"--study {study_name}: no such study in {storage_url}") from None
+    if RECIPE_ATTR not in study.user_attrs:
+        raise UserError(f"--study {study_name}: was not made by mtlsearch")
+    return study
