@@ -33,9 +33,9 @@ def _root(
 
 
 def _register_commands() -> None:
-    from mtlsearch.cli import _arch, _search, _train
+    from mtlsearch.cli import _arch, _data, _search, _train
 
-    for module in (_arch, _search, _train):
+    for module in (_arch, _data, _search, _train):
         module.register(app)
 
 
@@ -45,7 +45,7 @@ _register_commands()
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and exit 2."""
     try:
-        app(standalone_mode=False)
+        result = app(standalone_mode=False)
     except UserError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(2)
@@ -56,10 +56,14 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:  # usage errors: click's, or the copy typer >= 0.2x vendors
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
         raise
+    # Typer turns Ctrl-C into a return value of 130 when not in standalone mode.
+    if isinstance(result, int) and result:
+        if result == 130:
+            typer.secho("interrupted; run the same command again to resume", err=True, fg=typer.colors.YELLOW)
+        sys.exit(result)

@@ -89,23 +89,22 @@ def open_storage(url: str, heartbeat: bool = True) -> BaseStorage:
         from optuna.storages.journal import JournalRedisBackend, JournalStorage
 
         return JournalStorage(JournalRedisBackend(url))
-    kwargs: dict[str, Any] = {}
-    if heartbeat:
-        # A dead worker's trial is failed after ``grace`` seconds without a heartbeat and
-        # re-enqueued (retried) up to 3 times.
-        interval = int(os.environ.get("MTLSEARCH_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL))
-        grace = int(os.environ.get("MTLSEARCH_GRACE_PERIOD", max(GRACE_PERIOD, 3 * interval)))
-        kwargs = dict(
-            heartbeat_interval=interval,
-            grace_period=grace,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=3
-            ),
-        )
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     try:
         with warnings.catch_warnings():  # heartbeats and the retry callback are "experimental"
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            kwargs: dict[str, Any] = {}
+            if heartbeat:
+                # A dead worker's trial is failed after ``grace`` seconds without a heartbeat
+                # and re-enqueued (retried) up to 3 times.
+                interval = int(os.environ.get("MTLSEARCH_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL))
+                grace = int(os.environ.get("MTLSEARCH_GRACE_PERIOD", max(GRACE_PERIOD, 3 * interval)))
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+                kwargs = dict(
+                    heartbeat_interval=interval,
+                    grace_period=grace,
+                    heartbeat_stale_trial_callback=retry,
+                )
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as exc:  # bad URL, server down, missing driver
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -147,8 +146,9 @@ class SearchSettings:
 
     def same_search(self, other: SearchSettings) -> bool:
         """Whether two settings describe the same search (budget and pruning may change)."""
-        keys = ("space_text", "dataset", "dataset_options", "objectives", "max_params")
-        return all(getattr(self, k) == getattr(other, k) for k in keys)
+        keys = ("space_text", "dataset", "dataset_options", "max_params")
+        same_objectives = not other.objectives or tuple(self.objectives) == tuple(other.objectives)
+        return same_objectives and all(getattr(self, k) == getattr(other, k) for k in keys)
 
 
 # ---- observers -----------------------------------------------------------------------------
@@ -313,7 +313,11 @@ def _top_up_tickets(ctx: SearchContext) -> None:
     missing = ctx.settings.n_trials - finished - pending
     if missing <= 0:
         return
-    done_presets = {t.user_attrs.get(PRESET_ATTR) for t in trials if t.user_attrs.get(TICKET_ATTR)}
+    done_presets = {
+        t.user_attrs.get(PRESET_ATTR)
+        for t in trials
+        if _is_counted(t) or t.state in (TrialState.WAITING, TrialState.RUNNING)
+    }
     for name in ctx.references:
         if missing == 0:
             break
@@ -379,8 +383,7 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
             raise
         except Exception as exc:
             trial.set_user_attr(FAIL_ATTR, _fail_reason(exc))
-            logger.warning("trial %d failed: %s", trial.number, _fail_reason(exc))
-            logger.debug("".join(traceback.format_exception(exc)))
+            logger.debug("trial %d failed: %s", trial.number, "".join(traceback.format_exception(exc)))
             raise
 
     return objective
