@@ -11,9 +11,7 @@ import socket
 
 import pytest
 
-POSTGRES_URL = os.environ.get(
-    "MTLSEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL = os.environ.get("MTLSEARCH_TEST_POSTGRES", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("MTLSEARCH_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 

@@ -180,8 +180,12 @@ def test_topk_gate_uses_exactly_k_experts_and_sums_to_one():
         tasks=TASKS,
         levels=(
             LevelConfig(
-                n_shared=4, n_specific=(0, 0), expert_hidden=(4,), select="shared",
-                gate_kind="topk", top_k=2,
+                n_shared=4,
+                n_specific=(0, 0),
+                expert_hidden=(4,),
+                select="shared",
+                gate_kind="topk",
+                top_k=2,
             ),
         ),
         towers=(TowerConfig(),) * 2,
@@ -214,8 +218,7 @@ def test_categorical_embeddings_and_full_fusion_build_and_run():
         inputs=inputs,
         tasks=(TaskSpec("a", "binary"), TaskSpec("m", "multiclass", 4)),
         levels=(
-            LevelConfig(n_shared=1, n_specific=(1, 2), expert_hidden=(8, 6), select="all",
-                        shared_gate=True),
+            LevelConfig(n_shared=1, n_specific=(1, 2), expert_hidden=(8, 6), select="all", shared_gate=True),
             LevelConfig(n_shared=1, n_specific=(0, 1), expert_hidden=(5,)),
         ),
         towers=(TowerConfig(hidden=(4,)), TowerConfig(hidden=())),

@@ -58,24 +58,47 @@ def test_a_space_that_can_never_build_is_rejected_before_any_trial():
 
 
 def test_missing_space_file_names_the_path(tmp_path):
-    with pytest.raises(UserError, match="nope.yaml: search space file not found"):
+    with pytest.raises(UserError, match=r"nope\.yaml: search space file not found"):
         SearchSpace.load(tmp_path / "nope.yaml")
 
 
 def test_same_trial_parameters_give_the_same_config():
     space = SearchSpace.load(ROOT / "search_spaces" / "wide.yaml")
     params = {
-        "levels": 2, "l0.n_shared": 2, "l0.n_specific": 1, "l0.per_task": False,
-        "l0.expert_hidden": "[64, 32]", "l0.activation": "gelu", "l0.dropout": 0.1,
-        "l0.select": "own+shared", "l0.gate_input": "level", "l0.gate_kind": "topk",
-        "l0.top_k": 3, "l0.gate_sharing": "per_task", "l0.shared_gate": "auto",
-        "l1.n_shared": 1, "l1.per_task": True, "l1.n_specific.a": 0, "l1.n_specific.b": 2,
-        "l1.expert_hidden": "[32]", "l1.activation": "relu", "l1.dropout": 0.0,
-        "l1.select": "all", "l1.gate_input": "raw", "l1.gate_kind": "softmax", "l1.top_k": 1,
-        "l1.gate_sharing": "single", "l1.shared_gate": "auto",
-        "tower.hidden": "[16]", "tower.dropout": 0.0, "embedding_dim": 8,
-        "training.optimizer": "adamw", "training.lr": 0.003, "training.batch_size": 512,
-        "training.weight_decay": 1e-5, "training.loss_weighting": "uncertainty",
+        "levels": 2,
+        "l0.n_shared": 2,
+        "l0.n_specific": 1,
+        "l0.per_task": False,
+        "l0.expert_hidden": "[64, 32]",
+        "l0.activation": "gelu",
+        "l0.dropout": 0.1,
+        "l0.select": "own+shared",
+        "l0.gate_input": "level",
+        "l0.gate_kind": "topk",
+        "l0.top_k": 3,
+        "l0.gate_sharing": "per_task",
+        "l0.shared_gate": "auto",
+        "l1.n_shared": 1,
+        "l1.per_task": True,
+        "l1.n_specific.a": 0,
+        "l1.n_specific.b": 2,
+        "l1.expert_hidden": "[32]",
+        "l1.activation": "relu",
+        "l1.dropout": 0.0,
+        "l1.select": "all",
+        "l1.gate_input": "raw",
+        "l1.gate_kind": "softmax",
+        "l1.top_k": 1,
+        "l1.gate_sharing": "single",
+        "l1.shared_gate": "auto",
+        "tower.hidden": "[16]",
+        "tower.dropout": 0.0,
+        "embedding_dim": 8,
+        "training.optimizer": "adamw",
+        "training.lr": 0.003,
+        "training.batch_size": 512,
+        "training.weight_decay": 1e-5,
+        "training.loss_weighting": "uncertainty",
     }
     a = space.suggest(FixedTrial(params), INPUTS, TASKS, "conditional")
     b = space.suggest(FixedTrial(params), INPUTS, TASKS, "conditional")

@@ -34,8 +34,13 @@ SMALL = {"n": 1500, "d": 20}
 
 def _settings(**kw) -> SearchSettings:
     base = dict(
-        space_text=QUICK, space_source="quick.yaml", dataset="synthetic",
-        dataset_options=SMALL, sampler="random", seed=7, n_trials=7,
+        space_text=QUICK,
+        space_source="quick.yaml",
+        dataset="synthetic",
+        dataset_options=SMALL,
+        sampler="random",
+        seed=7,
+        n_trials=7,
     )
     base.update(kw)
     return SearchSettings(**base)
@@ -53,7 +58,11 @@ def test_same_seed_gives_same_first_parameters_and_references_come_first(tmp_pat
         runs.append(ctx.study.get_trials())
     a, b = runs
     assert [t.user_attrs.get("preset") for t in a[:5]] == [
-        "single_task", "shared_bottom", "mmoe", "cgc", "ple"
+        "single_task",
+        "shared_bottom",
+        "mmoe",
+        "cgc",
+        "ple",
     ]
     assert [t.params for t in a] == [t.params for t in b]
     assert [t.values for t in a] == [t.values for t in b]  # same seed, same numbers
@@ -66,8 +75,9 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_p
     space = QUICK.replace("select: own+shared", "select: shared").replace(
         "n_shared: {int: [1, 2]}", "n_shared: {int: [0, 1]}"
     )
-    ctx = create_or_resume("f", _url(tmp_path), _settings(space_text=space, n_trials=8,
-                                                          enqueue_references=False, seed=3))
+    ctx = create_or_resume(
+        "f", _url(tmp_path), _settings(space_text=space, n_trials=8, enqueue_references=False, seed=3)
+    )
     run_worker(ctx)
     trials = ctx.study.get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
@@ -81,16 +91,37 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_p
 def test_an_interrupted_search_resumes_by_name_and_finishes(tmp_path):
     url = _url(tmp_path)
     cmd = [
-        sys.executable, str(ROOT / "cli.py"), "search", "--space", str(ROOT / "search_spaces/quick.yaml"),
-        "--dataset", "synthetic", "--data-option", "n=1500", "--data-option", "d=20",
-        "--n-trials", "12", "--study", "r", "--storage", url, "--no-mlflow", "--quiet",
-        "--sampler", "random",
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "search",
+        "--space",
+        str(ROOT / "search_spaces/quick.yaml"),
+        "--dataset",
+        "synthetic",
+        "--data-option",
+        "n=1500",
+        "--data-option",
+        "d=20",
+        "--n-trials",
+        "12",
+        "--study",
+        "r",
+        "--storage",
+        url,
+        "--no-mlflow",
+        "--quiet",
+        "--sampler",
+        "random",
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # A child inherits an ignored SIGINT from a background parent; restore the default so
     # that Python turns Ctrl-C into KeyboardInterrupt as in a terminal.
     proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
@@ -163,15 +194,26 @@ def _study_with(values_by_preset, tmp_path):
     study = optuna.create_study(directions=["maximize", "minimize"], storage=_url(tmp_path))
     for preset, values in values_by_preset:
         attrs = {"preset": preset} if preset else {}
-        study.add_trial(create_trial(values=values, user_attrs=attrs,
-                                     params={"x": 0.1}, distributions={"x": FloatDistribution(0, 1)}))
+        study.add_trial(
+            create_trial(
+                values=values,
+                user_attrs=attrs,
+                params={"x": 0.1},
+                distributions={"x": FloatDistribution(0, 1)},
+            )
+        )
     return study
 
 
 def test_front_gains_and_seesaw_flags_against_single_task(tmp_path):
     study = _study_with(
-        [("single_task", [0.90, 0.30]), ("mmoe", [0.95, 0.35]), ("ple", [0.93, 0.25]),
-         (None, [0.89, 0.20]), (None, [0.85, 0.40])],
+        [
+            ("single_task", [0.90, 0.30]),
+            ("mmoe", [0.95, 0.35]),
+            ("ple", [0.93, 0.25]),
+            (None, [0.89, 0.20]),
+            (None, [0.85, 0.40]),
+        ],
         tmp_path,
     )
     front = {r.trial: r for r in front_table(study, OBJS)}

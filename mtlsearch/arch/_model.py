@@ -45,9 +45,7 @@ class ExtractionLevel(nn.Module):
         self.expert_names = [
             f"{task_names[k]}/{i}" for k, n in enumerate(cfg.n_specific) for i in range(n)
         ] + [f"shared/{i}" for i in range(cfg.n_shared)]
-        self.experts = BatchedMLP(
-            cfg.n_experts, in_dim, cfg.expert_hidden, cfg.activation, cfg.dropout
-        )
+        self.experts = BatchedMLP(cfg.n_experts, in_dim, cfg.expert_hidden, cfg.activation, cfg.dropout)
         raw = cfg.gate_input == "raw"
         specs: list[_GateSpec] = []
         if cfg.gate_sharing == "single":
@@ -58,16 +56,13 @@ class ExtractionLevel(nn.Module):
                 for k in range(n_tasks)
             ]
         if cfg.shared_gate:
-            specs.append(
-                _GateSpec("shared", tuple(range(cfg.n_experts)), None if raw else n_tasks)
-            )
+            specs.append(_GateSpec("shared", tuple(range(cfg.n_experts)), None if raw else n_tasks))
         self.gate_specs = tuple(specs)
         for i, spec in enumerate(specs):
             self.register_buffer(f"sel_{i}", torch.tensor(spec.selection), persistent=False)
         gate_in = raw_dim if raw else in_dim
         self.gates = nn.ModuleList(
-            nn.Identity() if cfg.gate_kind == "none" else nn.Linear(gate_in, len(s.selection))
-            for s in specs
+            nn.Identity() if cfg.gate_kind == "none" else nn.Linear(gate_in, len(s.selection)) for s in specs
         )
 
     def _expert_outputs(self, inputs: list[Tensor]) -> Tensor:

@@ -20,8 +20,11 @@ def _arch(name, inputs, tasks, levels, tower) -> ArchConfig:
 def single_task(inputs, tasks, *, expert_hidden=(64,), tower=(32,), **_) -> ArchConfig:
     """One private bottom per task and no sharing: T single-task models side by side."""
     lv = LevelConfig(
-        n_shared=0, n_specific=(1,) * len(tasks), expert_hidden=tuple(expert_hidden),
-        select="own+shared", gate_kind="none",
+        n_shared=0,
+        n_specific=(1,) * len(tasks),
+        expert_hidden=tuple(expert_hidden),
+        select="own+shared",
+        gate_kind="none",
     )
     return _arch("single_task", inputs, tasks, [lv], tower)
 
@@ -29,8 +32,11 @@ def single_task(inputs, tasks, *, expert_hidden=(64,), tower=(32,), **_) -> Arch
 def shared_bottom(inputs, tasks, *, expert_hidden=(64,), tower=(32,), **_) -> ArchConfig:
     """Hard sharing: one shared bottom, no gates."""
     lv = LevelConfig(
-        n_shared=1, n_specific=(0,) * len(tasks), expert_hidden=tuple(expert_hidden),
-        select="shared", gate_kind="none",
+        n_shared=1,
+        n_specific=(0,) * len(tasks),
+        expert_hidden=tuple(expert_hidden),
+        select="shared",
+        gate_kind="none",
     )
     return _arch("shared_bottom", inputs, tasks, [lv], tower)
 
@@ -38,8 +44,11 @@ def shared_bottom(inputs, tasks, *, expert_hidden=(64,), tower=(32,), **_) -> Ar
 def omoe(inputs, tasks, *, n_experts=4, expert_hidden=(64,), tower=(32,), **_) -> ArchConfig:
     """One-gate mixture of experts: shared experts, one gate for all tasks."""
     lv = LevelConfig(
-        n_shared=n_experts, n_specific=(0,) * len(tasks), expert_hidden=tuple(expert_hidden),
-        select="shared", gate_sharing="single",
+        n_shared=n_experts,
+        n_specific=(0,) * len(tasks),
+        expert_hidden=tuple(expert_hidden),
+        select="shared",
+        gate_sharing="single",
     )
     return _arch("omoe", inputs, tasks, [lv], tower)
 
@@ -47,33 +56,36 @@ def omoe(inputs, tasks, *, n_experts=4, expert_hidden=(64,), tower=(32,), **_) -
 def mmoe(inputs, tasks, *, n_experts=4, expert_hidden=(64,), tower=(32,), **_) -> ArchConfig:
     """Multi-gate mixture of experts: shared experts, one gate per task."""
     lv = LevelConfig(
-        n_shared=n_experts, n_specific=(0,) * len(tasks), expert_hidden=tuple(expert_hidden),
+        n_shared=n_experts,
+        n_specific=(0,) * len(tasks),
+        expert_hidden=tuple(expert_hidden),
         select="shared",
     )
     return _arch("mmoe", inputs, tasks, [lv], tower)
 
 
-def ml_mmoe(
-    inputs, tasks, *, n_experts=4, expert_hidden=(64,), tower=(32,), n_levels=2, **_
-) -> ArchConfig:
+def ml_mmoe(inputs, tasks, *, n_experts=4, expert_hidden=(64,), tower=(32,), n_levels=2, **_) -> ArchConfig:
     """Multi-level MMoE: stacked MMoE levels linked by a shared gate."""
     levels = [
         LevelConfig(
-            n_shared=n_experts, n_specific=(0,) * len(tasks), expert_hidden=tuple(expert_hidden),
-            select="shared", shared_gate=i < n_levels - 1,
+            n_shared=n_experts,
+            n_specific=(0,) * len(tasks),
+            expert_hidden=tuple(expert_hidden),
+            select="shared",
+            shared_gate=i < n_levels - 1,
         )
         for i in range(n_levels)
     ]
     return _arch("ml_mmoe", inputs, tasks, levels, tower)
 
 
-def cgc(
-    inputs, tasks, *, n_experts=2, n_specific=2, expert_hidden=(64,), tower=(32,), **_
-) -> ArchConfig:
+def cgc(inputs, tasks, *, n_experts=2, n_specific=2, expert_hidden=(64,), tower=(32,), **_) -> ArchConfig:
     """Customized gate control: PLE with one level."""
     lv = LevelConfig(
-        n_shared=n_experts, n_specific=(n_specific,) * len(tasks),
-        expert_hidden=tuple(expert_hidden), select="own+shared",
+        n_shared=n_experts,
+        n_specific=(n_specific,) * len(tasks),
+        expert_hidden=tuple(expert_hidden),
+        select="own+shared",
     )
     return _arch("cgc", inputs, tasks, [lv], tower)
 
@@ -84,8 +96,10 @@ def ple(
     """Progressive layered extraction: CGC levels with a shared gate below the top."""
     levels = [
         LevelConfig(
-            n_shared=n_experts, n_specific=(n_specific,) * len(tasks),
-            expert_hidden=tuple(expert_hidden), select="own+shared",
+            n_shared=n_experts,
+            n_specific=(n_specific,) * len(tasks),
+            expert_hidden=tuple(expert_hidden),
+            select="own+shared",
             shared_gate=i < n_levels - 1,
         )
         for i in range(n_levels)

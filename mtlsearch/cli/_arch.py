@@ -34,8 +34,12 @@ def show(config: Path = typer.Argument(..., help="Architecture YAML (a 'model:' 
         table.add_column(col)
     for i, lv in enumerate(cfg.levels):
         table.add_row(
-            str(i), str(lv.n_shared), ",".join(map(str, lv.n_specific)),
-            ",".join(map(str, lv.expert_hidden)), lv.select, str(lv.shared_gate),
+            str(i),
+            str(lv.n_shared),
+            ",".join(map(str, lv.n_specific)),
+            ",".join(map(str, lv.expert_hidden)),
+            lv.select,
+            str(lv.shared_gate),
             f"{lv.gate_kind}/{lv.gate_sharing}/{lv.gate_input}",
         )
     Console().print(table)

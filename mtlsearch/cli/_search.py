@@ -44,7 +44,7 @@ class ProgressObserver:
         self._lock = threading.Lock()
         self.refresh(ctx.study)
 
-    def on_study(self, study, context) -> None:  # noqa: D401 - protocol method
+    def on_study(self, study, context) -> None:
         pass
 
     def on_trial_start(self, trial, config) -> None:
@@ -99,9 +99,14 @@ def _run(ctx: Any, n_jobs: int, timeout: float | None, quiet: bool) -> None:
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_jobs))
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
-        console=console, disable=quiet, transient=False,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        disable=quiet,
+        transient=False,
     )
     with progress:
         task_id = progress.add_task(ctx.study.study_name, total=ctx.settings.n_trials, status="")
@@ -109,8 +114,10 @@ def _run(ctx: Any, n_jobs: int, timeout: float | None, quiet: bool) -> None:
         if n_jobs == 1:
             run_worker(ctx, timeout=timeout)
         else:
-            threads = [threading.Thread(target=run_worker, args=(ctx,), kwargs={"timeout": timeout})
-                       for _ in range(n_jobs)]
+            threads = [
+                threading.Thread(target=run_worker, args=(ctx,), kwargs={"timeout": timeout})
+                for _ in range(n_jobs)
+            ]
             for t in threads:
                 t.start()
             for t in threads:
@@ -133,23 +140,46 @@ def _attach_tracking(ctx: Any, tracking_uri: str | None, enabled: bool) -> None:
 
 def search(
     space: Path = typer.Option(..., "--space", help="Search-space YAML (see search_spaces/)."),
-    dataset: str | None = typer.Option(None, "--dataset", help="Built-in dataset: synthetic, census-income, ali-ccp, aliexpress."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="Built-in dataset: synthetic, census-income, ali-ccp, aliexpress."
+    ),
     data: Path | None = typer.Option(None, "--data", help="Dataset spec YAML for your own tables."),
-    data_option: list[str] | None = typer.Option(None, "--data-option", help="Dataset option key=value (e.g. group=2, n=20000)."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder holding the built-in dataset's files."),
-    n_trials: int = typer.Option(8, "--n-trials", help="Trials in the study's budget (resume raises or keeps it)."),
+    data_option: list[str] | None = typer.Option(
+        None, "--data-option", help="Dataset option key=value (e.g. group=2, n=20000)."
+    ),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Folder holding the built-in dataset's files."
+    ),
+    n_trials: int = typer.Option(
+        8, "--n-trials", help="Trials in the study's budget (resume raises or keeps it)."
+    ),
     timeout: float | None = typer.Option(None, "--timeout", help="Stop this process after S seconds."),
-    study_name: str | None = typer.Option(None, "--study", help="Study name (default: from space and dataset); resumes if it exists."),
-    storage: str | None = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///mtlsearch.db)."),
+    study_name: str | None = typer.Option(
+        None, "--study", help="Study name (default: from space and dataset); resumes if it exists."
+    ),
+    storage: str | None = typer.Option(
+        None, "--storage", help="Optuna storage URL (default sqlite:///mtlsearch.db)."
+    ),
     sampler: str = typer.Option("tpe", "--sampler", help="nsga2 | tpe | random."),
     seed: int = typer.Option(0, "--seed", help="Seeds the sampler and every trial's training."),
-    objectives: list[str] | None = typer.Option(None, "--objectives", help="TASK[:METRIC], params, latency (default: every task's primary metric)."),
+    objectives: list[str] | None = typer.Option(
+        None, "--objectives", help="TASK[:METRIC], params, latency (default: every task's primary metric)."
+    ),
     max_params: int | None = typer.Option(None, "--max-params", help="Constraint: parameter count <= N."),
     n_jobs: int = typer.Option(1, "--n-jobs", help="Workers in this process (threads)."),
-    prune: bool = typer.Option(False, "--prune/--no-prune", help="Stop trials dominated at the same epoch by finished ones."),
+    prune: bool = typer.Option(
+        False, "--prune/--no-prune", help="Stop trials dominated at the same epoch by finished ones."
+    ),
     prune_margin: float = typer.Option(0.01, "--prune-margin", help="Relative margin for dominance pruning."),
-    no_references: bool = typer.Option(False, "--no-references", help="Do not enqueue the named architectures first."),
-    tracking_uri: str | None = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI (default sqlite:///mlflow.db beside the study)."),
+    no_references: bool = typer.Option(
+        False, "--no-references", help="Do not enqueue the named architectures first."
+    ),
+    tracking_uri: str | None = typer.Option(
+        None,
+        "--tracking-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow tracking URI (default sqlite:///mlflow.db beside the study).",
+    ),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -192,7 +222,9 @@ def search(
 def worker(
     study_name: str = typer.Option(..., "--study", help="Name of a study made by `mtlsearch search`."),
     storage: str = typer.Option(..., "--storage", help="The study's storage URL (e.g. postgresql://...)."),
-    seed: int | None = typer.Option(None, "--seed", help="Sampler seed of this worker (default: distinct per worker)."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Sampler seed of this worker (default: distinct per worker)."
+    ),
     timeout: float | None = typer.Option(None, "--timeout", help="Stop after S seconds."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI"),
     no_mlflow: bool = typer.Option(False, "--no-mlflow"),
@@ -239,7 +271,8 @@ def _print_front(study: optuna.Study, objectives: Any) -> None:
         gains = [r.gains[o.name] for o in task_objs]
         verdict = "beats on all tasks" if r.beats_single else ("seesaw" if r.seesaw else "")
         table.add_row(
-            str(r.trial), r.name,
+            str(r.trial),
+            r.name,
             *[f"{r.values[o.name]:.5g}" for o in objectives],
             *["-" if g is None else f"{g:+.4f}" for g in gains],
             verdict,

@@ -26,9 +26,7 @@ def _loss_matrix(trials: Sequence[FrozenTrial], objectives: Sequence[Objective])
 
 def _feasible(t: FrozenTrial) -> bool:
     """All constraints set with ``trial.set_constraint`` are <= 0 (Optuna's convention)."""
-    values = [
-        v for k, v in t.system_attrs.items() if k.startswith("constraints:") and v is not None
-    ]
+    values = [v for k, v in t.system_attrs.items() if k.startswith("constraints:") and v is not None]
     return all(v <= 0 for v in values)
 
 

@@ -40,10 +40,7 @@ class DominancePruning:
         signs = [o.sign() for o in objectives]
         count = 0
         for other in others:
-            if all(
-                s * (o - v) > self.margin * abs(v)
-                for s, o, v in zip(signs, other, values, strict=True)
-            ):
+            if all(s * (o - v) > self.margin * abs(v) for s, o, v in zip(signs, other, values, strict=True)):
                 count += 1
         return count
 
@@ -88,14 +85,9 @@ class PruningCallback:
         self.trial.set_user_attr(EPOCH_ATTR, self.history)
         if self.rule is None:
             return
-        prune, n = self.rule.should_prune(
-            report.epoch, values, self._finished_histories(), self.objectives
-        )
+        prune, n = self.rule.should_prune(report.epoch, values, self._finished_histories(), self.objectives)
         if prune:
-            msg = (
-                f"dominated at epoch {report.epoch} by {n} finished trials "
-                f"(margin {self.rule.margin:.1%})"
-            )
+            msg = f"dominated at epoch {report.epoch} by {n} finished trials (margin {self.rule.margin:.1%})"
             logger.info("trial %d pruned: %s", self.trial.number, msg)
             self.trial.set_user_attr("pruned_reason", msg)
             raise optuna.TrialPruned(msg)

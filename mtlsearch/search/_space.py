@@ -184,16 +184,40 @@ def _parse_param(raw: Any, where: str) -> Param:
 # ---- the space ------------------------------------------------------------------------------
 
 _LEVEL_KEYS = {
-    "n_shared", "n_specific", "per_task", "expert_hidden", "activation", "dropout", "select",
-    "shared_gate", "gate_input", "gate_kind", "top_k", "gate_sharing",
+    "n_shared",
+    "n_specific",
+    "per_task",
+    "expert_hidden",
+    "activation",
+    "dropout",
+    "select",
+    "shared_gate",
+    "gate_input",
+    "gate_kind",
+    "top_k",
+    "gate_sharing",
 }
 _TOWER_KEYS = {"hidden", "activation", "dropout"}
 _TRAINING_KEYS = {
-    "optimizer", "lr", "weight_decay", "batch_size", "epochs", "patience", "monitor",
-    "loss_weighting", "seed",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "epochs",
+    "patience",
+    "monitor",
+    "loss_weighting",
+    "seed",
 }
 _TOP_KEYS = {
-    "name", "description", "levels", "level", "tower", "embedding_dim", "training", "reference",
+    "name",
+    "description",
+    "levels",
+    "level",
+    "tower",
+    "embedding_dim",
+    "training",
+    "reference",
     "encoding",
 }
 _REFERENCE_KEYS = {"presets", "sizes", "training"}
@@ -210,9 +234,18 @@ _VOCAB: dict[str, tuple[Any, ...]] = {
 }
 
 _LEVEL_DEFAULTS: dict[str, Any] = {
-    "n_shared": 2, "n_specific": 1, "per_task": False, "expert_hidden": (64,),
-    "activation": "relu", "dropout": 0.0, "select": "own+shared", "shared_gate": "auto",
-    "gate_input": "level", "gate_kind": "softmax", "top_k": 2, "gate_sharing": "per_task",
+    "n_shared": 2,
+    "n_specific": 1,
+    "per_task": False,
+    "expert_hidden": (64,),
+    "activation": "relu",
+    "dropout": 0.0,
+    "select": "own+shared",
+    "shared_gate": "auto",
+    "gate_input": "level",
+    "gate_kind": "softmax",
+    "top_k": 2,
+    "gate_sharing": "per_task",
 }
 
 
@@ -271,9 +304,7 @@ class SearchSpace:
             k: _parse_param(data.get("tower", {}).get(k, v), where(f"tower.{k}"))
             for k, v in {"hidden": (32,), "activation": "relu", "dropout": 0.0}.items()
         }
-        training = {
-            k: _parse_param(v, where(f"training.{k}")) for k, v in data.get("training", {}).items()
-        }
+        training = {k: _parse_param(v, where(f"training.{k}")) for k, v in data.get("training", {}).items()}
         ref = data.get("reference", {}) or {}
         if not isinstance(ref, Mapping):
             raise UserError(f"{where('reference')}: expected a mapping")
@@ -281,7 +312,9 @@ class SearchSpace:
         presets = tuple(ref.get("presets", ("single_task", "shared_bottom", "mmoe", "cgc", "ple")))
         for p in presets:
             if p not in PRESETS:
-                raise UserError(f"{where('reference.presets')}: unknown preset {p!r}; known: {sorted(PRESETS)}")
+                raise UserError(
+                    f"{where('reference.presets')}: unknown preset {p!r}; known: {sorted(PRESETS)}"
+                )
         encoding = data.get("encoding", "auto")
         if encoding not in ("auto", "fixed", "conditional"):
             raise UserError(f"{where('encoding')}: expected auto, fixed or conditional, got {encoding!r}")
@@ -307,11 +340,14 @@ class SearchSpace:
             for v in param.values():
                 if key in _VOCAB and v not in _VOCAB[key]:
                     raise UserError(
-                        f"{self.source}: level.{key}: unknown choice {v!r}; the builder knows {list(_VOCAB[key])}"
+                        f"{self.source}: level.{key}: unknown choice {v!r}; "
+                        f"the builder knows {list(_VOCAB[key])}"
                     )
         for v in self.tower["activation"].values():
             if v not in ACTIVATIONS:
-                raise UserError(f"{self.source}: tower.activation: unknown choice {v!r}; known {list(ACTIVATIONS)}")
+                raise UserError(
+                    f"{self.source}: tower.activation: unknown choice {v!r}; known {list(ACTIVATIONS)}"
+                )
         for v in self.levels.values():
             if not isinstance(v, int) or v < 1:
                 raise UserError(f"{self.source}: levels: needs integers >= 1, got {v!r}")
@@ -379,7 +415,11 @@ class SearchSpace:
 
     def _suggest_level(self, trial: Any, i: int, tasks: tuple[TaskSpec, ...]) -> dict[str, Any]:
         p = f"l{i}."
-        lv = {k: self.level[k].suggest(trial, p + k) for k in _LEVEL_DEFAULTS if k not in ("n_specific", "per_task")}
+        lv = {
+            k: self.level[k].suggest(trial, p + k)
+            for k in _LEVEL_DEFAULTS
+            if k not in ("n_specific", "per_task")
+        }
         per_task = self.level["per_task"].suggest(trial, p + "per_task")
         if per_task:
             lv["n_specific"] = tuple(

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 import traceback
 import warnings
@@ -61,7 +62,10 @@ def _tpe(seed: int | None, n_trials: int, n_refs: int) -> optuna.samplers.BaseSa
     with warnings.catch_warnings():  # `group` is "experimental" since 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, group=True, constant_liar=True,
+            seed=seed,
+            multivariate=True,
+            group=True,
+            constant_liar=True,
             n_startup_trials=n_refs + max(5, min(10, n_trials // 5)),
         )
 
@@ -88,7 +92,9 @@ def open_storage(url: str, heartbeat: bool = True) -> BaseStorage:
     if url.startswith(("redis://", "rediss://", "unix://")):
         from optuna.storages.journal import JournalRedisBackend, JournalStorage
 
-        return JournalStorage(JournalRedisBackend(url))
+        with warnings.catch_warnings():  # "experimental" since 3.1
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return JournalStorage(JournalRedisBackend(url))
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     try:
         with warnings.catch_warnings():  # heartbeats and the retry callback are "experimental"
@@ -223,7 +229,11 @@ def create_or_resume(
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     if study_name in existing:
         study = optuna.load_study(study_name=study_name, storage=storage)
-        stored = SearchSettings.from_json(study.user_attrs[RECIPE_ATTR]) if RECIPE_ATTR in study.user_attrs else None
+        stored = (
+            SearchSettings.from_json(study.user_attrs[RECIPE_ATTR])
+            if RECIPE_ATTR in study.user_attrs
+            else None
+        )
         if stored is None:
             raise UserError(f"--study {study_name}: exists in {storage_url} but was not made by mtlsearch")
         if not stored.same_search(settings):
@@ -231,13 +241,22 @@ def create_or_resume(
                 f"--study {study_name}: exists with a different space, dataset or objectives; "
                 "choose another --study name"
             )
-        settings = SearchSettings(**{**asdict(stored), "n_trials": settings.n_trials,
-                                     "pruning": settings.pruning, "objectives": stored.objectives})
+        settings = SearchSettings(
+            **{
+                **asdict(stored),
+                "n_trials": settings.n_trials,
+                "pruning": settings.pruning,
+                "objectives": stored.objectives,
+            }
+        )
         study.set_user_attr(RECIPE_ATTR, settings.to_json())
         ctx = _context(study, settings, heartbeat)
-        ctx.study = optuna.load_study(study_name=study_name, storage=storage,
-                                      sampler=make_sampler(settings, ctx.space))
-        logger.info("resuming study %r: %d finished of %d", study_name, count_finished(ctx.study), settings.n_trials)
+        ctx.study = optuna.load_study(
+            study_name=study_name, storage=storage, sampler=make_sampler(settings, ctx.space)
+        )
+        logger.info(
+            "resuming study %r: %d finished of %d", study_name, count_finished(ctx.study), settings.n_trials
+        )
     else:
         data_ctx = _context(None, settings, heartbeat)  # type: ignore[arg-type]
         objectives = data_ctx.objectives
@@ -357,6 +376,7 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
             training = TrainConfig.from_dict({**config.training.to_dict(), "seed": ctx.settings.seed})
             config = ExperimentConfig(model=config.model, training=training)
             trial.set_user_attr(CONFIG_ATTR, config.to_dict())
+            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
             for obs in ctx.observers:
                 obs.on_trial_start(trial, config)
             callbacks: list[Callable[[Any], None]] = [PruningCallback(trial, ctx.objectives, ctx.pruning)]
@@ -422,8 +442,12 @@ def run_worker(ctx: SearchContext, timeout: float | None = None, poll: float = 2
             time.sleep(poll)  # others are running; one may die and be re-enqueued
             continue
         study.optimize(
-            objective, n_trials=1, catch=(Exception,), callbacks=[after_trial],
-            gc_after_trial=False, show_progress_bar=False,
+            objective,
+            n_trials=1,
+            catch=(Exception,),
+            callbacks=[after_trial],
+            gc_after_trial=False,
+            show_progress_bar=False,
         )
         ran += 1
     return ran
