@@ -33,9 +33,9 @@ def _root(
 
 
 def _register_commands() -> None:
-    from mtlsearch.cli import _arch, _data, _search, _train
+    from mtlsearch.cli import _arch, _data, _search, _tracking, _train
 
-    for module in (_arch, _data, _search, _train):
+    for module in (_arch, _data, _search, _train, _tracking):
         module.register(app)
 
 

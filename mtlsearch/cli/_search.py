@@ -124,8 +124,11 @@ def _run(ctx: Any, n_jobs: int, timeout: float | None, quiet: bool) -> None:
                 t.join()
 
 
-def _attach_tracking(ctx: Any, tracking_uri: str | None, enabled: bool) -> None:
-    """Hook the MLflow observer in, if the tracking layer is installed and wanted."""
+def _attach_tracking(
+    ctx: Any, tracking_uri: str | None, enabled: bool, storage_url: str | None = None
+) -> None:
+    """Hook the MLflow observer in, if the tracking layer is installed and wanted. Without a
+    URI it logs where the study already logs, else to mlflow.db beside the study's storage."""
     if not enabled:
         return
     try:
@@ -133,7 +136,7 @@ def _attach_tracking(ctx: Any, tracking_uri: str | None, enabled: bool) -> None:
     except ImportError:  # tracking layer not present in this build
         logger.debug("mtlsearch.tracking not available; not logging to MLflow")
         return
-    observer = MlflowObserver(tracking_uri=tracking_uri)
+    observer = MlflowObserver(tracking_uri=tracking_uri, storage_url=storage_url)
     observer.on_study(ctx.study, ctx)
     ctx.observers.append(observer)
 
@@ -178,7 +181,7 @@ def search(
         None,
         "--tracking-uri",
         envvar="MLFLOW_TRACKING_URI",
-        help="MLflow tracking URI (default sqlite:///mlflow.db beside the study).",
+        help="MLflow tracking URI (default: where the study logs, else mlflow.db beside the study).",
     ),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -213,7 +216,7 @@ def search(
     quiet_libraries()
     storage_url = storage or default_storage_url()
     ctx = create_or_resume(name, storage_url, settings)
-    _attach_tracking(ctx, tracking_uri, not no_mlflow)
+    _attach_tracking(ctx, tracking_uri, not no_mlflow, storage_url)
     console.print(f"study [bold]{name}[/] in {storage_url} · objectives {[o.name for o in ctx.objectives]}")
     _run(ctx, n_jobs, timeout, quiet)
     _print_front(ctx.study, ctx.objectives)
@@ -235,7 +238,7 @@ def worker(
 
     quiet_libraries()
     ctx = join(study_name, storage, seed=seed)
-    _attach_tracking(ctx, tracking_uri, not no_mlflow)
+    _attach_tracking(ctx, tracking_uri, not no_mlflow, storage)
     _run(ctx, 1, timeout, quiet)
 
 

@@ -55,9 +55,7 @@ def synthetic_arrays(
     linear = x @ w.T  # (n, 2)
     sines = np.sin(linear[:, :, None] * alpha + beta).sum(-1)
     y = linear + sines + noise_std * rng.standard_normal((n, 2))
-    return SyntheticArrays(
-        x=x.astype(np.float32), y=y.astype(np.float32), linear=linear, w=w
-    )
+    return SyntheticArrays(x=x.astype(np.float32), y=y.astype(np.float32), linear=linear, w=w)
 
 
 def make_synthetic(

@@ -14,6 +14,7 @@ from mtlsearch.search._front import (
     reference_point,
 )
 from mtlsearch.search._objectives import Objective, parse_objectives
+from mtlsearch.search._pick import PICK_RULES, Bound, Pick, PickRule, parse_pick, pick_trial
 from mtlsearch.search._pruning import DominancePruning
 from mtlsearch.search._space import SearchSpace
 from mtlsearch.search._study import (
@@ -37,10 +38,14 @@ from mtlsearch.search._study import (
 __all__ = [
     "CONFIG_ATTR",
     "FAIL_ATTR",
+    "PICK_RULES",
     "SAMPLERS",
+    "Bound",
     "DominancePruning",
     "FrontRow",
     "Objective",
+    "Pick",
+    "PickRule",
     "SearchContext",
     "SearchObserver",
     "SearchSettings",
@@ -58,6 +63,8 @@ __all__ = [
     "pareto_front",
     "pareto_ranks",
     "parse_objectives",
+    "parse_pick",
+    "pick_trial",
     "reference_point",
     "run_worker",
     "settings_of",

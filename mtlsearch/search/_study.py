@@ -21,6 +21,7 @@ import os
 import socket
 import time
 import traceback
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -267,6 +268,7 @@ def create_or_resume(
             directions=[o.direction for o in objectives],
             sampler=make_sampler(settings, data_ctx.space),
         )
+        study.set_user_attr("uid", uuid.uuid4().hex)  # tells same-named studies apart (tracking)
         study.set_user_attr(RECIPE_ATTR, settings.to_json())
         study.set_user_attr("objectives", to_dict(objectives))
         data_ctx.study = study
@@ -395,6 +397,7 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
             trial.set_user_attr("test", result.test)
             trial.set_user_attr("n_params", result.n_params)
             trial.set_user_attr("best_epoch", result.best_epoch)
+            trial.set_user_attr("utilisation", result.utilisation)  # for reports without MLflow
             trial.set_user_attr("seconds", round(result.seconds, 3))
             trial.set_user_attr("costs", costs)
             ctx.results[trial.number] = result

@@ -1,0 +1,283 @@
+"""Figures of a study: Pareto plots, hypervolume, importances, expert-utilisation heat-maps.
+
+PNGs come from matplotlib's object API (``Figure`` + the Agg canvas): no pyplot global
+state, so worker threads can draw at the same time. The interactive Pareto plot is a small
+self-contained SVG (hover a point for its trial, model and values; a click on the legend
+hides the dominated trials), so neither the report nor the MLflow artifact needs plotly or
+a network connection.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from mtlsearch.search import Objective
+from mtlsearch.tracking._summary import TrialPoint, utilisation_matrix
+
+_MAX_PAIRS = 6
+_FRONT = "#d62728"
+_OTHER = "#9aa5b1"
+_PRESET = "#1f77b4"
+_SINGLE = "#ff9f1c"
+
+
+def _figure(width: float, height: float):  # -> matplotlib.figure.Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _axis_label(o: Objective) -> str:
+    return f"{o.name} ({'higher' if o.direction == 'maximize' else 'lower'} is better)"
+
+
+def objective_pairs(objectives: Sequence[Objective]) -> list[tuple[int, int]]:
+    """Which objective pairs to plot: task metrics against each other first, then costs."""
+    pairs = list(itertools.combinations(range(len(objectives)), 2))
+    pairs.sort(key=lambda p: (objectives[p[0]].is_cost + objectives[p[1]].is_cost, p))
+    return pairs[:_MAX_PAIRS]
+
+
+def _staircase(xs: np.ndarray, ys: np.ndarray, ox: Objective, oy: Objective) -> tuple[list, list]:
+    """The 2-D front of the points as a step line (in the plot's own units)."""
+    sx, sy = -ox.sign(), -oy.sign()  # to losses
+    pts = sorted(zip(xs * sx, ys * sy, strict=True))
+    front, best = [], math.inf
+    for x, y in pts:
+        if y < best:
+            front.append((x, y))
+            best = y
+    line_x, line_y = [], []
+    for i, (x, y) in enumerate(front):
+        if i:
+            line_x.append(x * sx)
+            line_y.append(front[i - 1][1] * sy)
+        line_x.append(x * sx)
+        line_y.append(y * sy)
+    return line_x, line_y
+
+
+def pareto_png(points: Sequence[TrialPoint], objectives: Sequence[Objective], title: str) -> bytes:
+    """Every completed trial per objective pair; the front in red, the named architectures
+    labelled, the single-task reference as an orange star."""
+    pairs = objective_pairs(objectives)
+    cols = min(3, max(1, len(pairs)))
+    rows = max(1, math.ceil(len(pairs) / cols))
+    fig = _figure(5.2 * cols, 4.4 * rows)
+    fig.suptitle(title)
+    if not pairs or not points:
+        fig.text(0.5, 0.5, "no completed trial yet", ha="center")
+        return _png(fig)
+    values = np.array([p.values for p in points], dtype=float)
+    on_front = np.array([p.rank == 0 for p in points])
+    for k, (i, j) in enumerate(pairs):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        x, y = values[:, i], values[:, j]
+        ax.scatter(x[~on_front], y[~on_front], s=22, c=_OTHER, label="dominated", zorder=2)
+        ax.scatter(x[on_front], y[on_front], s=40, c=_FRONT, label="Pareto front", zorder=3)
+        if len(objectives) == 2:  # the 2-D front as a step line
+            lx, ly = _staircase(x[on_front], y[on_front], objectives[i], objectives[j])
+            ax.plot(lx, ly, c=_FRONT, lw=1, alpha=0.6, zorder=1)
+        for p, px, py in zip(points, x, y, strict=True):
+            if p.preset == "single_task":
+                ax.scatter([px], [py], marker="*", s=220, c=_SINGLE, edgecolors="k", zorder=4)
+            elif p.preset:
+                ax.scatter([px], [py], marker="s", s=46, facecolors="none", edgecolors=_PRESET, zorder=4)
+            if p.preset:
+                ax.annotate(p.preset, (px, py), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xlabel(_axis_label(objectives[i]))
+        ax.set_ylabel(_axis_label(objectives[j]))
+        ax.grid(alpha=0.3)
+        if k == 0:
+            from matplotlib.lines import Line2D
+
+            handles = [
+                Line2D([], [], ls="", marker="o", c=_FRONT, label="Pareto front"),
+                Line2D([], [], ls="", marker="o", c=_OTHER, label="dominated"),
+                Line2D([], [], ls="", marker="s", mfc="none", mec=_PRESET, label="named architecture"),
+                Line2D([], [], ls="", marker="*", ms=12, c=_SINGLE, mec="k", label="single-task"),
+            ]
+            ax.legend(handles=handles, fontsize=8, loc="best")
+    return _png(fig)
+
+
+def hypervolume_png(history: Sequence[tuple[int, float]], title: str = "Hypervolume over trials") -> bytes:
+    fig = _figure(6.4, 3.6)
+    ax = fig.add_subplot()
+    if history:
+        xs, ys = zip(*history, strict=True)
+        ax.step(xs, ys, where="post", c=_PRESET)
+        ax.plot(xs, ys, "o", ms=3, c=_PRESET)
+    ax.set_xlabel("finished trials")
+    ax.set_ylabel("hypervolume")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def importance_png(importances: dict[str, dict[str, float]]) -> bytes:
+    """One horizontal bar chart per target (``joint`` and each objective)."""
+    targets = [t for t, imp in importances.items() if imp]
+    fig = _figure(
+        5.0 * max(1, len(targets)), 0.6 + 0.32 * max((len(v) for v in importances.values()), default=1)
+    )
+    for k, target in enumerate(targets):
+        ax = fig.add_subplot(1, len(targets), k + 1)
+        items = sorted(importances[target].items(), key=lambda kv: kv[1])
+        ax.barh([n for n, _ in items], [v for _, v in items], color=_PRESET)
+        ax.set_title(target, fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.tick_params(labelsize=8)
+    return _png(fig)
+
+
+def utilisation_png(utilisation: dict[str, dict[str, float]], title: str) -> bytes:
+    """Gates x experts heat-map per level (blank where a gate may not select the expert)."""
+    levels = utilisation_matrix(utilisation)
+    fig = _figure(
+        max(4.5, 1.6 + 0.75 * max((len(e) for _, _, e, _ in levels), default=1)) * max(1, len(levels)),
+        1.4 + 0.45 * max((len(g) for _, g, _, _ in levels), default=1),
+    )
+    fig.suptitle(title)
+    if not levels:
+        fig.text(0.5, 0.5, "no gates (single-task or shared-bottom)", ha="center")
+        return _png(fig)
+    image = None
+    for k, (level, gates, experts, matrix) in enumerate(levels):
+        ax = fig.add_subplot(1, len(levels), k + 1)
+        image = ax.imshow(np.ma.masked_invalid(matrix), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(experts)), experts, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(gates)), gates, fontsize=8)
+        ax.set_title(level, fontsize=10)
+        for i in range(matrix.shape[0]):
+            for j in range(matrix.shape[1]):
+                if np.isfinite(matrix[i, j]):
+                    color = "w" if matrix[i, j] < 0.6 else "k"
+                    ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
+    if image is not None:
+        fig.colorbar(image, ax=fig.axes, shrink=0.8, label="mean gate weight")
+    return _png(fig)
+
+
+# ---- interactive SVG ---------------------------------------------------------------------------
+_SVG_W, _SVG_H, _PAD = 460, 360, 56
+
+
+def _scale(values: np.ndarray, lo_px: float, hi_px: float) -> np.ndarray:
+    lo, hi = float(np.min(values)), float(np.max(values))
+    span = hi - lo if hi > lo else (abs(hi) or 1.0)
+    lo -= 0.06 * span
+    hi += 0.06 * span
+    return lo_px + (values - lo) / (hi - lo) * (hi_px - lo_px)
+
+
+def _ticks(values: np.ndarray) -> tuple[float, float]:
+    return float(np.min(values)), float(np.max(values))
+
+
+def pareto_svg(
+    points: Sequence[TrialPoint], objectives: Sequence[Objective], pair: tuple[int, int], uid: str = "p"
+) -> str:
+    """One objective pair as an inline SVG; hover a point for its details."""
+    i, j = pair
+    ox, oy = objectives[i], objectives[j]
+    if not points:
+        return "<p>no completed trial yet</p>"
+    values = np.array([p.values for p in points], dtype=float)
+    xs = _scale(values[:, i], _PAD, _SVG_W - 16)
+    ys = _scale(values[:, j], _SVG_H - _PAD, 16)
+    parts = [
+        f'<svg class="pareto" id="{uid}" viewBox="0 0 {_SVG_W} {_SVG_H}" width="{_SVG_W}" '
+        f'height="{_SVG_H}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">',
+        f'<rect x="{_PAD}" y="16" width="{_SVG_W - _PAD - 16}" height="{_SVG_H - _PAD - 16}" '
+        'fill="#fafafa" stroke="#ccc"/>',
+    ]
+    for axis, vals, o in (("x", values[:, i], ox), ("y", values[:, j], oy)):
+        lo, hi = _ticks(vals)
+        if axis == "x":
+            parts += [
+                f'<text x="{_PAD}" y="{_SVG_H - _PAD + 14}">{lo:.4g}</text>',
+                f'<text x="{_SVG_W - 16}" y="{_SVG_H - _PAD + 14}" text-anchor="end">{hi:.4g}</text>',
+                f'<text x="{(_SVG_W + _PAD) / 2}" y="{_SVG_H - 14}" text-anchor="middle">'
+                f"{html.escape(_axis_label(o))}</text>",
+            ]
+        else:
+            parts += [
+                f'<text x="{_PAD - 4}" y="{_SVG_H - _PAD}" text-anchor="end">{lo:.4g}</text>',
+                f'<text x="{_PAD - 4}" y="24" text-anchor="end">{hi:.4g}</text>',
+                f'<text transform="translate(14,{(_SVG_H - _PAD) / 2}) rotate(-90)" text-anchor="middle">'
+                f"{html.escape(_axis_label(o))}</text>",
+            ]
+    order = sorted(range(len(points)), key=lambda k: points[k].rank == 0)  # front drawn last
+    for k in order:
+        p = points[k]
+        details = "\n".join(f"{o.name}: {v:.6g}" for o, v in zip(objectives, p.values, strict=True))
+        tip = html.escape(f"trial {p.number} · {p.preset or 'searched'} · rank {p.rank}\n{details}")
+        cls = "front" if p.rank == 0 else "dominated"
+        x, y = xs[k], ys[k]
+        if p.preset == "single_task":
+            shape = (
+                f'<polygon points="{x},{y - 8} {x + 2.4},{y - 2.5} {x + 7.6},{y - 2.5} {x + 3.4},{y + 1} '
+                f"{x + 5},{y + 6.5} {x},{y + 3.3} {x - 5},{y + 6.5} {x - 3.4},{y + 1} {x - 7.6},{y - 2.5} "
+                f'{x - 2.4},{y - 2.5}" fill="{_SINGLE}" stroke="#000" stroke-width="0.6"/>'
+            )
+        elif p.preset:
+            color = _FRONT if p.rank == 0 else _OTHER
+            shape = (
+                f'<rect x="{x - 5}" y="{y - 5}" width="10" height="10" fill="{color}" '
+                f'stroke="{_PRESET}" stroke-width="2"/>'
+            )
+        else:
+            color = _FRONT if p.rank == 0 else _OTHER
+            shape = f'<circle cx="{x}" cy="{y}" r="{5 if p.rank == 0 else 4}" fill="{color}"/>'
+        label = (
+            f'<text x="{x + 7}" y="{y - 6}" font-size="10">{html.escape(p.preset)}</text>' if p.preset else ""
+        )
+        parts.append(f'<g class="{cls}"><title>{tip}</title>{shape}{label}</g>')
+    parts.append(
+        f'<g class="legend" style="cursor:pointer" onclick="(function(s){{s.classList.toggle(\'hide-dom\')}})'
+        f"(document.getElementById('{uid}'))\">"
+        f'<circle cx="{_PAD + 10}" cy="28" r="5" fill="{_FRONT}"/>'
+        f'<text x="{_PAD + 18}" y="32">front</text>'
+        f'<circle cx="{_PAD + 60}" cy="28" r="4" fill="{_OTHER}"/>'
+        f'<text x="{_PAD + 68}" y="32">dominated (click: hide)</text></g>'
+    )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+PARETO_CSS = (
+    "svg.pareto g.front, svg.pareto g.dominated{cursor:default}"
+    "svg.pareto g:hover circle, svg.pareto g:hover rect{stroke:#000;stroke-width:1.5}"
+    "svg.pareto.hide-dom g.dominated{display:none}"
+)
+
+
+def pareto_html(points: Sequence[TrialPoint], objectives: Sequence[Objective], title: str) -> str:
+    """A standalone HTML page with one interactive SVG per objective pair."""
+    svgs = "".join(
+        pareto_svg(points, objectives, pair, uid=f"p{k}")
+        for k, pair in enumerate(objective_pairs(objectives))
+    )
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif}}{PARETO_CSS}</style>"
+        f"</head><body><h2>{html.escape(title)}</h2><p>Hover a point for its trial and values; "
+        "squares are the named architectures, the star the single-task reference.</p>"
+        f"{svgs}</body></html>"
+    )

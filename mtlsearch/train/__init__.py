@@ -1,0 +1,76 @@
+"""Training layer: the trainer, per-task metrics, loss weighting, checkpoints, baselines.
+
+Reads data only through :mod:`mtlsearch.data` and architectures through
+:mod:`mtlsearch.arch`; knows nothing of Optuna or MLflow (the search stops a trial by
+raising from an epoch callback).
+"""
+
+from mtlsearch.train._baselines import (
+    DEFAULT_PRESETS,
+    SINGLE_TASK,
+    BaselineReport,
+    BaselineRun,
+    classify_gains,
+    run_baselines,
+)
+from mtlsearch.train._checkpoint import (
+    Checkpoint,
+    ColumnSelector,
+    load_checkpoint,
+    predict,
+    save_checkpoint,
+)
+from mtlsearch.train._config import (
+    OPTIMIZERS,
+    ExperimentConfig,
+    LossWeightingConfig,
+    TrainConfig,
+)
+from mtlsearch.train._errors import TrainingDiverged
+from mtlsearch.train._fit import EpochReport, TrainResult, check_compatible, fit
+from mtlsearch.train._latency import measure_latency
+from mtlsearch.train._tasks import PRIMARY_METRICS, TASK_KINDS, compute_metrics, mtl_gain
+from mtlsearch.train._weighting import (
+    LOSS_WEIGHTINGS,
+    DynamicWeighting,
+    FixedWeighting,
+    LossWeighting,
+    UncertaintyWeighting,
+    make_loss_weighting,
+    register_loss_weighting,
+)
+
+__all__ = [
+    "DEFAULT_PRESETS",
+    "LOSS_WEIGHTINGS",
+    "OPTIMIZERS",
+    "PRIMARY_METRICS",
+    "SINGLE_TASK",
+    "TASK_KINDS",
+    "BaselineReport",
+    "BaselineRun",
+    "Checkpoint",
+    "ColumnSelector",
+    "DynamicWeighting",
+    "EpochReport",
+    "ExperimentConfig",
+    "FixedWeighting",
+    "LossWeighting",
+    "LossWeightingConfig",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "UncertaintyWeighting",
+    "check_compatible",
+    "classify_gains",
+    "compute_metrics",
+    "fit",
+    "load_checkpoint",
+    "make_loss_weighting",
+    "measure_latency",
+    "mtl_gain",
+    "predict",
+    "register_loss_weighting",
+    "run_baselines",
+    "save_checkpoint",
+]

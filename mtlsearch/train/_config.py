@@ -1,0 +1,293 @@
+"""Training configs: how to train (``TrainConfig``) and what to train (``ExperimentConfig``).
+
+Both are immutable and validated on construction, so a bad value fails before any data is
+loaded, with the field's path (``training.lr``) in a one-line :class:`UserError`. The YAML
+schema of an experiment is ``{model: <ArchConfig>, training: <TrainConfig>}``; it is what
+``mtlsearch export`` writes and ``mtlsearch train --config`` reads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtlsearch._errors import UserError
+from mtlsearch.arch import ArchConfig, InputSpec, TaskSpec
+
+#: The optimisers a config may name. A table, so adding one is one entry.
+OPTIMIZERS: dict[str, str] = {"adam": "Adam", "adamw": "AdamW"}
+
+
+def _fail(path: str, msg: str) -> None:
+    raise UserError(f"{path}: {msg}")
+
+
+def _as_float(value: Any, path: str) -> float:
+    # PyYAML reads "1e-3" (no dot) as a string: accept numeric strings so that the
+    # natural way of writing a learning rate works.
+    if isinstance(value, bool):
+        _fail(path, f"expected a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            _fail(path, f"expected a number, got {value!r}")
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        _fail(path, f"expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _as_int(value: Any, path: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(path, f"expected an integer, got {value!r}")
+    if value < minimum:
+        _fail(path, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _reject_unknown(data: Mapping[str, Any], cls: type, path: str) -> None:
+    known = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in known:
+            _fail(f"{path}.{key}", f"unknown key; expected one of {known}")
+
+
+def _expect_mapping(value: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        _fail(path, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class LossWeightingConfig:
+    """How the per-task losses combine into one (see :mod:`mtlsearch.train._weighting`).
+
+    ``method``: ``fixed`` (constant ``weights``), ``dynamic`` (the PLE paper's
+    ``w_k(t) = weights[k] * gamma[k] ** t``, ``t`` the 0-based epoch) or ``uncertainty``
+    (learned log-variances, Kendall et al. 2018). A task missing from ``weights`` gets 1.0,
+    from ``gamma`` 1.0. Each method declares which of these fields it reads, and naming one
+    it ignores is an error (a silently ignored ``gamma`` is a wrong experiment).
+    """
+
+    method: str = "fixed"
+    weights: dict[str, float] = field(default_factory=dict)
+    gamma: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from mtlsearch.train._weighting import LOSS_WEIGHTINGS
+
+        path = "training.loss_weighting"
+        if self.method not in LOSS_WEIGHTINGS:
+            _fail(
+                f"{path}.method",
+                f"unknown method {self.method!r}; expected one of {sorted(LOSS_WEIGHTINGS)}",
+            )
+        accepted = LOSS_WEIGHTINGS[self.method].accepts
+        for name in ("weights", "gamma"):
+            values = _expect_mapping(getattr(self, name), f"{path}.{name}")
+            if values and name not in accepted:
+                _fail(f"{path}.{name}", f"not used by method {self.method!r}")
+            clean = {str(k): _as_float(v, f"{path}.{name}.{k}") for k, v in values.items()}
+            for k, v in clean.items():
+                if name == "weights" and v < 0:
+                    _fail(f"{path}.weights.{k}", f"must be >= 0, got {v}")
+                if name == "gamma" and v <= 0:
+                    _fail(f"{path}.gamma.{k}", f"must be > 0, got {v}")
+            object.__setattr__(self, name, clean)
+
+    def check_tasks(self, tasks: tuple[str, ...]) -> None:
+        """Every task named in ``weights``/``gamma`` must be one of the model's."""
+        for name in ("weights", "gamma"):
+            for k in getattr(self, name):
+                if k not in tasks:
+                    _fail(
+                        f"training.loss_weighting.{name}.{k}",
+                        f"no such task; the tasks are {list(tasks)}",
+                    )
+
+    def for_tasks(self, tasks: tuple[str, ...]) -> LossWeightingConfig:
+        """The same weighting restricted to a subset of the tasks (single-task baselines)."""
+        return replace(
+            self,
+            weights={k: v for k, v in self.weights.items() if k in tasks},
+            gamma={k: v for k, v in self.gamma.items() if k in tasks},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method}
+        if self.weights:
+            out["weights"] = dict(self.weights)
+        if self.gamma:
+            out["gamma"] = dict(self.gamma)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> LossWeightingConfig:
+        path = "training.loss_weighting"
+        if isinstance(data, str):  # shorthand: `loss_weighting: uncertainty`
+            data = {"method": data}
+        data = _expect_mapping(data, path)
+        _reject_unknown(data, cls, path)
+        kwargs = {k: v for k, v in data.items() if v is not None}  # `gamma:` left empty
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one network.
+
+    ``patience``: stop after that many epochs without a better ``monitor`` score; with or
+    without it, the returned model has the weights of the best-scoring epoch (selection on
+    the validation split). ``monitor``: ``"mean"`` (mean over tasks of the normalised primary
+    metrics, see :func:`mtlsearch.train.normalised_score`) or a task name (that task's
+    normalised primary metric). ``device``: a torch device string; ``None`` uses torch's
+    default device (the CPU unless the caller changed it).
+    """
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 1024
+    epochs: int = 10
+    patience: int | None = None
+    monitor: str = "mean"
+    loss_weighting: LossWeightingConfig = field(default_factory=LossWeightingConfig)
+    seed: int = 0
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        p = "training"
+        if self.optimizer not in OPTIMIZERS:
+            _fail(
+                f"{p}.optimizer",
+                f"unknown optimizer {self.optimizer!r}; expected one of {sorted(OPTIMIZERS)}",
+            )
+        lr = _as_float(self.lr, f"{p}.lr")
+        if lr <= 0:
+            _fail(f"{p}.lr", f"must be > 0, got {lr}")
+        wd = _as_float(self.weight_decay, f"{p}.weight_decay")
+        if wd < 0:
+            _fail(f"{p}.weight_decay", f"must be >= 0, got {wd}")
+        object.__setattr__(self, "lr", lr)
+        object.__setattr__(self, "weight_decay", wd)
+        _as_int(self.batch_size, f"{p}.batch_size", 1)
+        _as_int(self.epochs, f"{p}.epochs", 1)
+        if self.patience is not None:
+            _as_int(self.patience, f"{p}.patience", 1)
+        if not isinstance(self.monitor, str) or not self.monitor:
+            _fail(f"{p}.monitor", f"expected 'mean' or a task name, got {self.monitor!r}")
+        _as_int(self.seed, f"{p}.seed", 0)
+        if not isinstance(self.loss_weighting, LossWeightingConfig):
+            _fail(f"{p}.loss_weighting", "expected a LossWeightingConfig")
+        if self.device is not None and not isinstance(self.device, str):
+            _fail(f"{p}.device", f"expected a device string such as 'cpu', got {self.device!r}")
+
+    def check_tasks(self, tasks: tuple[str, ...]) -> None:
+        """Fields that name tasks must name the model's tasks."""
+        if self.monitor != "mean" and self.monitor not in tasks:
+            _fail(
+                "training.monitor",
+                f"unknown task {self.monitor!r}; expected 'mean' or one of {list(tasks)}",
+            )
+        self.loss_weighting.check_tasks(tasks)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if f.name == "loss_weighting" else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TrainConfig:
+        """Build from plain data; unknown keys are errors naming ``training.<key>``."""
+        data = _expect_mapping(data if data is not None else {}, "training")
+        _reject_unknown(data, cls, "training")
+        kwargs = dict(data)
+        if "loss_weighting" in kwargs:
+            kwargs["loss_weighting"] = LossWeightingConfig.from_dict(kwargs["loss_weighting"])
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """What to train and how: an architecture plus its training config."""
+
+    model: ArchConfig
+    training: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        self.training.check_tasks(self.model.task_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "training": self.training.to_dict()}
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Any,
+        *,
+        inputs: InputSpec | None = None,
+        tasks: tuple[TaskSpec, ...] | None = None,
+    ) -> ExperimentConfig:
+        """Build from plain data (as read from YAML).
+
+        ``inputs``/``tasks`` fill ``model.inputs``/``model.tasks`` when the file leaves them
+        out, so one hand-written architecture file (levels and towers only) trains on any
+        dataset; the CLI passes the dataset's. Values in the file always win.
+        """
+        data = _expect_mapping(data, "experiment")
+        for key in data:
+            if key not in ("model", "training"):
+                _fail(key, "unknown top-level key; expected 'model' and 'training'")
+        if "model" not in data:
+            _fail("model", "missing section (the architecture)")
+        model_raw = dict(_expect_mapping(data["model"], "model"))
+        if "inputs" not in model_raw and inputs is not None:
+            model_raw["inputs"] = _plain(inputs)
+        if "tasks" not in model_raw and tasks is not None:
+            model_raw["tasks"] = [_plain(t) for t in tasks]
+        try:
+            model = ArchConfig.from_dict(model_raw)
+        except UserError as exc:
+            msg = str(exc)
+            raise UserError(msg if msg.startswith("model") else f"model.{msg}") from None
+        return cls(model=model, training=TrainConfig.from_dict(data.get("training")))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str, **fill: Any) -> ExperimentConfig:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UserError(f"not valid YAML ({str(exc).splitlines()[0]})") from None
+        return cls.from_dict(data, **fill)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+    @classmethod
+    def load(cls, path: str | Path, **fill: Any) -> ExperimentConfig:
+        """Read a YAML file; any error names the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+        try:
+            return cls.from_yaml(path.read_text(), **fill)
+        except UserError as exc:
+            raise UserError(f"{path}: {exc}") from None
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "__dataclass_fields__"):
+        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [_plain(v) for v in obj]
+    return obj

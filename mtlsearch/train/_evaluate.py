@@ -1,0 +1,130 @@
+"""Evaluation on one split: per-task metrics, skills, and expert utilisation.
+
+Labels, masks and the reference statistics the skills need are read once when the
+evaluator is built; each call is then one batched forward pass over the split.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mtlsearch.arch import TaskSpec
+from mtlsearch.data import TensorSplit
+from mtlsearch.train._errors import TrainingDiverged
+from mtlsearch.train._tasks import TASK_KINDS, compute_metrics
+
+#: Rows per forward pass when evaluating or predicting. Fixed (not the training batch
+#: size) so that predictions of a model do not depend on how it was trained.
+EVAL_BATCH = 8192
+
+
+def split_to(split: TensorSplit, device: torch.device) -> TensorSplit:
+    if split.numeric.device == device:
+        return split
+    return TensorSplit(
+        numeric=split.numeric.to(device),
+        categorical=split.categorical.to(device),
+        labels={k: v.to(device) for k, v in split.labels.items()},
+        masks={k: v.to(device) for k, v in split.masks.items()},
+    )
+
+
+@torch.no_grad()
+def raw_outputs(model: nn.Module, numeric: Tensor, categorical: Tensor) -> dict[str, Tensor]:
+    """The network's raw outputs for all rows, in eval mode, ``EVAL_BATCH`` rows at a time."""
+    was_training = model.training
+    model.eval()
+    try:
+        parts = [
+            model(numeric[i : i + EVAL_BATCH], categorical[i : i + EVAL_BATCH])
+            for i in range(0, numeric.shape[0], EVAL_BATCH)
+        ]
+    finally:
+        model.train(was_training)
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
+
+
+class Evaluator:
+    """Metrics of a model on one split, per task, on the task's unmasked samples only."""
+
+    def __init__(self, split: TensorSplit, tasks: tuple[TaskSpec, ...]) -> None:
+        self.split = split
+        self.tasks = tasks
+        self.rows: dict[str, Tensor] = {}
+        self.labels: dict[str, np.ndarray] = {}
+        for t in tasks:
+            rows = split.masks[t.name].nonzero(as_tuple=True)[0]
+            self.rows[t.name] = rows
+            self.labels[t.name] = split.labels[t.name][rows].cpu().numpy()
+
+    def predictions(self, model: nn.Module, epoch: int | None = None) -> dict[str, np.ndarray]:
+        """Each task's predictions (probabilities / values) on its unmasked rows."""
+        outs = raw_outputs(model, self.split.numeric, self.split.categorical)
+        preds = {}
+        for t in self.tasks:
+            pred = TASK_KINDS[t.kind].predict(outs[t.name][self.rows[t.name]])
+            if not bool(torch.isfinite(pred).all()):
+                where = f" after epoch {epoch}" if epoch is not None else ""
+                raise TrainingDiverged(f"the predictions of task {t.name!r} became NaN or infinite{where}")
+            preds[t.name] = pred.double().cpu().numpy()
+        return preds
+
+    def evaluate(self, model: nn.Module, epoch: int | None = None) -> dict[str, dict[str, float]]:
+        preds = self.predictions(model, epoch)
+        return {t.name: compute_metrics(t.kind, self.labels[t.name], preds[t.name]) for t in self.tasks}
+
+    def skills(self, metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+        """Each task's primary metric rescaled to 0 = uninformed, 1 = perfect."""
+        return {t.name: TASK_KINDS[t.kind].skill(metrics[t.name], self.labels[t.name]) for t in self.tasks}
+
+    @torch.no_grad()
+    def utilisation(self, model: nn.Module) -> dict[str, dict[str, float]]:
+        """Mean gate weight per expert for every gate, over all rows of the split.
+
+        Keys ``"level<l>/<gate>"`` (as ``forward_with_gates`` names them), values
+        ``{expert name: mean weight}`` over the experts the gate may select; the PLE paper's
+        expert-utilisation analysis. Empty for a model without gates.
+        """
+        if not hasattr(model, "forward_with_gates"):
+            return {}
+        was_training = model.training
+        model.eval()
+        sums: dict[str, Tensor] = {}
+        n = len(self.split)
+        try:
+            for i in range(0, n, EVAL_BATCH):
+                _, gates = model.forward_with_gates(
+                    self.split.numeric[i : i + EVAL_BATCH],
+                    self.split.categorical[i : i + EVAL_BATCH],
+                )
+                for name, w in gates.items():
+                    s = w.double().sum(0)
+                    sums[name] = s if name not in sums else sums[name] + s
+        finally:
+            model.train(was_training)
+        out: dict[str, dict[str, float]] = {}
+        for name, total in sums.items():
+            level = int(name.split("/", 1)[0].removeprefix("level"))
+            experts = model.expert_names(level)
+            selection = _selection(model, level, name.split("/", 1)[1], len(experts))
+            mean = (total / max(n, 1)).tolist()
+            out[name] = {experts[e]: mean[e] for e in selection}
+        return out
+
+
+def _selection(model: nn.Module, level: int, gate: str, n_experts: int) -> list[int]:
+    """Indices of the experts a gate may select (all of the level's if the model can't say)."""
+    specs = getattr(model.levels[level], "gate_specs", ())
+    for spec in specs:
+        if spec.name == gate:
+            return list(spec.selection)
+    return list(range(n_experts))
+
+
+def mean_skill(skills: dict[str, float]) -> float:
+    values = list(skills.values())
+    return math.fsum(values) / len(values) if values else math.nan

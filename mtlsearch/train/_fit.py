@@ -1,0 +1,348 @@
+"""The training loop: masked joint loss, pluggable weighting, early stopping, evaluation.
+
+Joint loss (PLE paper, eq. 6): task k's loss is the mean of its per-sample losses over the
+samples in its sample space (mask True), ``L_k = sum_i d_k^i loss_k(i) / sum_i d_k^i``;
+masked rows are *selected out* before the loss, so their labels (even NaN) never reach the
+loss or its gradient. The weighting method (a registry, see ``_weighting``) combines the
+``L_k``; the loop never knows which method it runs.
+
+Determinism: the initial weights come from ``build_model(config, seed)``, the shuffling from
+a local ``torch.Generator``, and dropout from the global RNG seeded inside
+``torch.random.fork_rng`` (so the caller's RNG state is left untouched). On the CPU the
+same seed, data and config give bitwise the same metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import Tensor, nn
+
+from mtlsearch._errors import UserError
+from mtlsearch.arch import ArchConfig, TaskSpec, build_model, count_parameters
+from mtlsearch.data import MTLDataset, TensorSplit
+from mtlsearch.train._config import OPTIMIZERS, ExperimentConfig, TrainConfig
+from mtlsearch.train._errors import TrainingDiverged
+from mtlsearch.train._evaluate import Evaluator, mean_skill, split_to
+from mtlsearch.train._tasks import TASK_KINDS
+from mtlsearch.train._weighting import LossWeighting, make_loss_weighting
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What one epoch did. ``score`` is the monitor's value (higher is better): the mean of
+    the tasks' skills, or one task's skill (see ``_tasks``). ``loss_weights`` are the
+    weights the loss weighting applied in this epoch; ``skills`` each task's skill."""
+
+    epoch: int
+    train_loss: float
+    task_losses: dict[str, float]
+    valid: dict[str, dict[str, float]]
+    score: float
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    skills: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "train_loss": self.train_loss,
+            "task_losses": dict(self.task_losses),
+            "valid": {k: dict(v) for k, v in self.valid.items()},
+            "score": self.score,
+            "loss_weights": dict(self.loss_weights),
+            "skills": dict(self.skills),
+        }
+
+
+@dataclass
+class TrainResult:
+    """A trained network (best-epoch weights, eval mode) and how it got there.
+
+    ``valid`` is the best epoch's validation metrics; ``test`` is measured once, with the
+    best weights. ``utilisation`` is the mean gate weight per expert on the validation split,
+    keyed ``"level<l>/<gate>"``. ``seconds`` is the whole fit, ``epoch_seconds`` train plus
+    validation per epoch.
+    """
+
+    model: nn.Module
+    config: ExperimentConfig
+    history: list[EpochReport]
+    best_epoch: int
+    valid: dict[str, dict[str, float]]
+    test: dict[str, dict[str, float]]
+    utilisation: dict[str, dict[str, float]]
+    n_params: int
+    seconds: float
+    epoch_seconds: list[float]
+
+    @property
+    def best(self) -> EpochReport:
+        return self.history[self.best_epoch]
+
+    def metrics_dict(self) -> dict[str, Any]:
+        """Everything but the model, as JSON-able data."""
+        return {
+            "best_epoch": self.best_epoch,
+            "score": self.best.score,
+            "valid": self.valid,
+            "test": self.test,
+            "utilisation": self.utilisation,
+            "n_params": self.n_params,
+            "seconds": self.seconds,
+            "epoch_seconds": list(self.epoch_seconds),
+            "history": [r.to_dict() for r in self.history],
+        }
+
+
+Callback = Callable[[EpochReport], None]
+
+
+def check_compatible(model: ArchConfig, data: MTLDataset) -> None:
+    """The network must read the data's features and predict tasks the data has.
+
+    A model may predict a subset of the data's tasks (a single-task model on a multi-task
+    table); a task must then have the same kind (and classes) in both.
+    """
+    by_name = {t.name: t for t in data.tasks}
+    for i, t in enumerate(model.tasks):
+        if t.name not in by_name:
+            raise UserError(
+                f"model.tasks[{i}].name: the data {data.name!r} has no task {t.name!r}; "
+                f"its tasks are {list(by_name)}"
+            )
+        if by_name[t.name] != t:
+            d = by_name[t.name]
+            raise UserError(
+                f"model.tasks[{i}]: task {t.name!r} is {t.kind}"
+                f"{f'/{t.n_classes}' if t.n_classes else ''} in the model but {d.kind}"
+                f"{f'/{d.n_classes}' if d.n_classes else ''} in the data"
+            )
+    if model.inputs.n_numeric != len(data.numeric_features):
+        raise UserError(
+            f"model.inputs.n_numeric: the model reads {model.inputs.n_numeric} numeric features, "
+            f"the data {data.name!r} has {len(data.numeric_features)}"
+        )
+    cats = [(c.name, c.cardinality) for c in model.inputs.categorical]
+    if cats != [tuple(c) for c in data.categorical_features]:
+        want = [f"{n}({c})" for n, c in data.categorical_features]
+        have = [f"{n}({c})" for n, c in cats]
+        raise UserError(
+            f"model.inputs.categorical: the model's features {have} differ from the data's {want}"
+        )
+
+
+def _make_optimizer(tc: TrainConfig, model: nn.Module, weighting: nn.Module) -> torch.optim.Optimizer:
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    extra = list(weighting.parameters())
+    if extra:  # learned loss weights are not regularised
+        groups.append({"params": extra, "weight_decay": 0.0})
+    cls = getattr(torch.optim, OPTIMIZERS[tc.optimizer])
+    return cls(groups, lr=tc.lr, weight_decay=tc.weight_decay)
+
+
+def _masked_losses(
+    outputs: dict[str, Tensor],
+    batch: TensorSplit,
+    tasks: tuple[TaskSpec, ...],
+    full: dict[str, bool],
+) -> tuple[dict[str, Tensor], dict[str, int]]:
+    """Each task's mean loss over its unmasked rows of the batch, and how many there were."""
+    losses, counts = {}, {}
+    for t in tasks:
+        out, y = outputs[t.name], batch.labels[t.name]
+        if not full[t.name]:  # select the task's rows: masked labels never enter the loss
+            rows = batch.masks[t.name].nonzero(as_tuple=True)[0]
+            out, y = out[rows], y[rows]
+        n = y.shape[0]
+        counts[t.name] = n
+        # A batch with no row of this task contributes zero (with a graph, so backward works).
+        losses[t.name] = TASK_KINDS[t.kind].loss(out, y).mean() if n else outputs[t.name].sum() * 0.0
+    return losses, counts
+
+
+def _train_epoch(
+    model: nn.Module,
+    weighting: LossWeighting,
+    optimizer: torch.optim.Optimizer,
+    train: TensorSplit,
+    tasks: tuple[TaskSpec, ...],
+    full: dict[str, bool],
+    tc: TrainConfig,
+    shuffle: torch.Generator,
+    epoch: int,
+    on_batch: Callable[[float], None],
+) -> tuple[float, dict[str, float]]:
+    """One pass over the training split; returns the mean weighted loss per row and each
+    task's mean loss per unmasked row."""
+    model.train()
+    names = [t.name for t in tasks]
+    # per-task sums stay on the device (one sync per epoch); the total is read every batch
+    # anyway, to stop at the first non-finite loss
+    loss_sum = torch.zeros(len(names), dtype=torch.float64, device=train.numeric.device)
+    loss_rows = [0] * len(names)
+    total_sum, rows = 0.0, 0
+    for b, batch in enumerate(train.batches(tc.batch_size, shuffle=True, generator=shuffle)):
+        outputs = model(batch.numeric, batch.categorical)
+        losses, counts = _masked_losses(outputs, batch, tasks, full)
+        total = weighting(losses)
+        total_value = total.item()
+        if not math.isfinite(total_value):
+            raise _diverged(losses, total, epoch, b, tc.loss_weighting.method)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        batch_losses = torch.stack([losses[n].detach() for n in names]).double()
+        batch_rows = [counts[n] for n in names]
+        loss_sum += batch_losses * loss_sum.new_tensor(batch_rows)
+        loss_rows = [r + c for r, c in zip(loss_rows, batch_rows, strict=True)]
+        total_sum += total_value * len(batch)
+        rows += len(batch)
+        on_batch(total_sum / rows)
+    sums = loss_sum.tolist()
+    task_losses = {n: sums[k] / loss_rows[k] if loss_rows[k] else math.nan for k, n in enumerate(names)}
+    return total_sum / max(rows, 1), task_losses
+
+
+def _diverged(
+    losses: dict[str, Tensor], total: Tensor, epoch: int, batch: int, method: str
+) -> TrainingDiverged:
+    for name, loss in losses.items():
+        value = loss.item()
+        if not math.isfinite(value):
+            return TrainingDiverged(
+                f"training diverged: the loss of task {name!r} became {value} at epoch {epoch} "
+                f"(batch {batch})"
+            )
+    return TrainingDiverged(
+        f"training diverged: the {method!r}-weighted total loss became {total.item()} at epoch "
+        f"{epoch} (batch {batch}) while every task's loss was finite"
+    )
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
+
+
+def _fmt_metrics(valid: dict[str, dict[str, float]]) -> str:
+    return ", ".join(
+        f"{task} {' '.join(f'{m} {v:.4f}' for m, v in ms.items())}" for task, ms in valid.items()
+    )
+
+
+class _BestWeights:
+    """The best-scoring epoch so far and a copy of its weights; a NaN score never wins."""
+
+    def __init__(self) -> None:
+        self.epoch = -1
+        self.score = -math.inf
+        self.state: dict[str, Tensor] | None = None
+
+    def update(self, epoch: int, score: float, model: nn.Module) -> None:
+        value = -math.inf if math.isnan(score) else score
+        if self.state is None or value > self.score:
+            self.epoch, self.score = epoch, value
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def fit(
+    config: ExperimentConfig,
+    data: MTLDataset,
+    *,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``config.model`` on ``data`` as ``config.training`` says.
+
+    After each epoch's validation every callback gets the :class:`EpochReport`; an exception
+    a callback raises (the search's pruning signal, say) propagates out of ``fit``.
+    Raises :class:`TrainingDiverged` when a loss or prediction becomes NaN/infinite, and
+    :class:`UserError` when the config does not fit the data.
+    """
+    started = time.perf_counter()
+    tc = config.training
+    check_compatible(config.model, data)
+    tasks = config.model.tasks
+    device = torch.device(tc.device) if tc.device else torch.get_default_device()
+    rng_devices = [] if device.type == "cpu" else [device]
+    history: list[EpochReport] = []
+    epoch_seconds: list[float] = []
+    best = _BestWeights()
+    with torch.random.fork_rng(devices=rng_devices, device_type=device.type):
+        torch.manual_seed(tc.seed)  # dropout draws from the global RNG
+        model = build_model(config.model, seed=tc.seed).to(device)
+        weighting = make_loss_weighting(tc.loss_weighting, tasks).to(device)
+        optimizer = _make_optimizer(tc, model, weighting)
+        shuffle = torch.Generator().manual_seed(tc.seed)
+        train = split_to(data.train, device)
+        full = {t.name: bool(train.masks[t.name].all()) for t in tasks}
+        valid_eval = Evaluator(split_to(data.valid, device), tasks)
+        n_batches = math.ceil(len(train) / tc.batch_size)
+        with _progress(progress) as bar:
+            for epoch in range(tc.epochs):
+                t0 = time.perf_counter()
+                weighting.start_epoch(epoch)
+                weights_now = weighting.current_weights()
+                bar_id = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=n_batches, info="")
+
+                def on_batch(loss: float, bar_id: Any = bar_id) -> None:
+                    bar.update(bar_id, advance=1, info=f"loss {loss:.4f}")
+
+                train_loss, task_losses = _train_epoch(
+                    model, weighting, optimizer, train, tasks, full, tc, shuffle, epoch, on_batch
+                )
+                valid = valid_eval.evaluate(model, epoch)
+                skills = valid_eval.skills(valid)
+                score = mean_skill(skills) if tc.monitor == "mean" else skills[tc.monitor]
+                report = EpochReport(epoch, train_loss, task_losses, valid, score, weights_now, skills)
+                history.append(report)
+                epoch_seconds.append(time.perf_counter() - t0)
+                bar.update(bar_id, info=f"loss {train_loss:.4f}  valid score {score:.4f}")
+                logger.log(
+                    logging.DEBUG if progress else logging.INFO,
+                    "epoch %d/%d loss %.4f score %.4f (%s)",
+                    epoch + 1, tc.epochs, train_loss, score, _fmt_metrics(valid),
+                )  # fmt: skip
+                best.update(epoch, score, model)
+                for cb in callbacks:
+                    cb(report)
+                if tc.patience is not None and epoch - best.epoch >= tc.patience:
+                    logger.info(
+                        "early stop after epoch %d: no better %r score in %d epochs (best: %d)",
+                        epoch + 1, tc.monitor, tc.patience, best.epoch + 1,
+                    )  # fmt: skip
+                    break
+        assert best.state is not None  # epochs >= 1
+        model.load_state_dict(best.state)
+        model.eval()
+        test = Evaluator(split_to(data.test, device), tasks).evaluate(model)
+        utilisation = valid_eval.utilisation(model)
+    return TrainResult(
+        model=model,
+        config=config,
+        history=history,
+        best_epoch=best.epoch,
+        valid=history[best.epoch].valid,
+        test=test,
+        utilisation=utilisation,
+        n_params=count_parameters(model),
+        seconds=time.perf_counter() - started,
+        epoch_seconds=epoch_seconds,
+    )
