@@ -153,6 +153,25 @@ OBJS = (
 )
 
 
+def test_resuming_accepts_objective_shorthand_and_refuses_other_objectives_without_writing(tmp_path):
+    from mtlsearch._errors import UserError
+    from mtlsearch.search._study import RECIPE_ATTR
+
+    url = _url(tmp_path)
+    create_or_resume("s", url, _settings(objectives=("y1", "y2:mse", "params"), n_trials=3))
+    # The same objectives spelt differently, or left out, resume the study and may raise the budget.
+    ctx = create_or_resume("s", url, _settings(objectives=("y1:mse,y2", "params"), n_trials=4))
+    assert [o.name for o in ctx.objectives] == ["y1:mse", "y2:mse", "params"]
+    assert create_or_resume("s", url, _settings(n_trials=4)).settings.n_trials == 4
+    # Other objectives are refused, and the stored budget is left as it was.
+    with pytest.raises(UserError, match=r"exists with objectives \['y1:mse', 'y2:mse', 'params'\]"):
+        create_or_resume("s", url, _settings(objectives=("y1",), n_trials=9))
+    stored = SearchSettings.from_json(optuna.load_study(study_name="s", storage=url).user_attrs[RECIPE_ATTR])
+    assert stored.n_trials == 4
+    with pytest.raises(UserError, match="different space or dataset"):
+        create_or_resume("s", url, _settings(dataset_options={"n": 1600, "d": 20}))
+
+
 def test_dominance_rule_counts_only_trials_better_on_every_task_by_the_margin():
     rule = DominancePruning(margin=0.01, min_dominating=2, warmup=1)
     finished = [[[0.7, 0.5], [0.90, 0.20]], [[0.7, 0.5], [0.92, 0.25]], [[0.7, 0.5], [0.80, 0.10]]]

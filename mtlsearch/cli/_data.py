@@ -119,7 +119,9 @@ def describe_cmd(
         help="Folder with dataset files (default: $MTLSEARCH_DATA, else download).",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for random splits / generated data."),
-    options: list[str] = typer.Option([], "--set", help="Built-in dataset option, key=value (e.g. group=2)."),
+    options: list[str] = typer.Option(
+        [], "--option", "-o", "--set", help="Built-in dataset option, KEY=VALUE (repeatable), e.g. group=2."
+    ),
 ) -> None:
     """Rows per split, features (type, cardinality), each task's label rate or mean/std and
     masked fraction, and the pairwise correlation of the task labels."""

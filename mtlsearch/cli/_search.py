@@ -148,7 +148,11 @@ def search(
     ),
     data: Path | None = typer.Option(None, "--data", help="Dataset spec YAML for your own tables."),
     data_option: list[str] | None = typer.Option(
-        None, "--data-option", help="Dataset option key=value (e.g. group=2, n=20000)."
+        None,
+        "--option",
+        "-o",
+        "--data-option",
+        help="Built-in dataset option, KEY=VALUE (repeatable), e.g. group=2 or n=20000.",
     ),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Folder holding the built-in dataset's files."

@@ -152,10 +152,11 @@ class SearchSettings:
         return cls(**data)
 
     def same_search(self, other: SearchSettings) -> bool:
-        """Whether two settings describe the same search (budget and pruning may change)."""
+        """Whether two settings search the same space on the same data (budget, pruning may
+        change). Objectives are compared by :func:`create_or_resume` once the data's tasks
+        are known, since ``income`` and ``income:auc`` name the same objective."""
         keys = ("space_text", "dataset", "dataset_options", "max_params")
-        same_objectives = not other.objectives or tuple(self.objectives) == tuple(other.objectives)
-        return same_objectives and all(getattr(self, k) == getattr(other, k) for k in keys)
+        return all(getattr(self, k) == getattr(other, k) for k in keys)
 
 
 # ---- observers -----------------------------------------------------------------------------
@@ -239,9 +240,9 @@ def create_or_resume(
             raise UserError(f"--study {study_name}: exists in {storage_url} but was not made by mtlsearch")
         if not stored.same_search(settings):
             raise UserError(
-                f"--study {study_name}: exists with a different space, dataset or objectives; "
-                "choose another --study name"
+                f"--study {study_name}: exists with a different space or dataset; choose another --study name"
             )
+        requested = settings.objectives
         settings = SearchSettings(
             **{
                 **asdict(stored),
@@ -250,8 +251,17 @@ def create_or_resume(
                 "objectives": stored.objectives,
             }
         )
-        study.set_user_attr(RECIPE_ATTR, settings.to_json())
         ctx = _context(study, settings, heartbeat)
+        if requested:
+            from mtlsearch.search._objectives import parse_objectives
+
+            wanted = tuple(o.name for o in parse_objectives(list(requested), ctx.data.tasks))
+            if wanted != tuple(stored.objectives):
+                raise UserError(
+                    f"--study {study_name}: exists with objectives {list(stored.objectives)}, not "
+                    f"{list(wanted)}; choose another --study name"
+                )
+        study.set_user_attr(RECIPE_ATTR, settings.to_json())  # the budget may have changed
         ctx.study = optuna.load_study(
             study_name=study_name, storage=storage, sampler=make_sampler(settings, ctx.space)
         )
