@@ -60,24 +60,33 @@ def test_report_gains_average_over_seeds_and_flag_the_seesaw(tmp_path):
         runs=[
             _run(SINGLE_TASK, 0, 0.80, 0.30),
             _run(SINGLE_TASK, 1, 0.82, 0.34),
-            _run("ple", 0, 0.83, 0.28),  # better on both
-            _run("ple", 1, 0.85, 0.30),
-            _run("mmoe", 0, 0.84, 0.40),  # better on a, worse on r: seesaw
+            _run("ple", 0, 0.85, 0.25),  # clearly better on both
+            _run("ple", 1, 0.86, 0.26),
+            _run("mmoe", 0, 0.84, 0.40),  # clearly better on a, clearly worse on r: seesaw
             _run("mmoe", 1, 0.84, 0.40),
+            _run("cgc", 0, 0.82, 0.31),  # +0.01 on a and -0.01 on r, both within the seed noise
+            _run("cgc", 1, 0.82, 0.35),
         ],
     )
-    assert report.models == [SINGLE_TASK, "ple", "mmoe"] and report.seeds == [0, 1]
-    assert report.metric("ple", "a") == pytest.approx((0.84, 0.0141421356), rel=1e-6)
-    assert report.gain("ple", "a") == pytest.approx(0.84 - 0.81)
-    assert report.gain("ple", "r") == pytest.approx(0.32 - 0.29)
+    assert report.models == [SINGLE_TASK, "ple", "mmoe", "cgc"] and report.seeds == [0, 1]
+    assert report.metric("ple", "a") == pytest.approx((0.855, 0.0070710678), rel=1e-6)
+    assert report.gain("ple", "a") == pytest.approx(0.855 - 0.81)
+    assert report.gain("ple", "r") == pytest.approx(0.32 - 0.255)
     assert report.verdict("ple") == "beats_single_task"
     assert report.verdict("mmoe") == "seesaw"
+    # Signs alone would call cgc a seesaw; two standard errors of the difference (2 x 0.01 on a,
+    # 2 x 0.0283 on r) make both gains ties.
+    assert classify_gains(report.gains("cgc").values()) == "seesaw"
+    assert report.clear_gains("cgc") == {"a": 0.0, "r": 0.0}
+    assert report.verdict("cgc") == "no_gain"
+    assert report.verdict("cgc", noise=0.3) == "seesaw"
     assert report.single_task_reference("valid")["r"]["mse"] == pytest.approx(0.32)
     path = tmp_path / "report.json"
     report.save(path)
     assert BaselineReport.load(path) == report
     table = report.to_markdown()
     assert "| mmoe |" in table and "seesaw" in table and "0.8400 ± 0.0000" in table
+    assert "| cgc |" in table and "no_gain" in table
 
 
 def test_loading_a_bad_report_is_a_user_error(tmp_path):

@@ -15,6 +15,7 @@ on another shows the *seesaw*.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -127,9 +128,29 @@ class BaselineReport:
     def gains(self, model: str, split: str = "test") -> dict[str, float]:
         return {t.name: self.gain(model, t.name, split) for t in self.tasks}
 
-    def verdict(self, model: str, split: str = "test") -> str:
-        """``beats_single_task``, ``seesaw``, ``partial_gain`` or ``no_gain``."""
-        return classify_gains(self.gains(model, split).values())
+    def verdict(self, model: str, split: str = "test", noise: float = 2.0) -> str:
+        """``beats_single_task``, ``seesaw``, ``partial_gain`` or ``no_gain``.
+
+        With two or more seeds a task's gain counts only if it exceeds ``noise`` standard
+        errors of the difference of the two means (``sqrt(s_m^2/n_m + s_1^2/n_1)``); smaller
+        gains are ties. A seed-to-seed wobble is not a seesaw. With one seed there is no
+        noise estimate and the sign decides.
+        """
+        return classify_gains(self.clear_gains(model, split, noise).values())
+
+    def clear_gains(self, model: str, split: str = "test", noise: float = 2.0) -> dict[str, float]:
+        """Each task's gain, or 0.0 where it is within ``noise`` standard errors (see verdict)."""
+        out = {}
+        n_model, n_single = len(self.runs_of(model)), len(self.runs_of(SINGLE_TASK))
+        for t in self.tasks:
+            gain = self.gain(model, t.name, split)
+            if n_model > 1 and n_single > 1:
+                s_m = self.metric(model, t.name, split=split)[1]
+                s_1 = self.metric(SINGLE_TASK, t.name, split=split)[1]
+                if abs(gain) <= noise * math.sqrt(s_m**2 / n_model + s_1**2 / n_single):
+                    gain = 0.0
+            out[t.name] = gain
+        return out
 
     def _kind(self, task: str) -> str:
         for t in self.tasks:
