@@ -20,7 +20,7 @@ def _space(text: str) -> SearchSpace:
     return SearchSpace.from_yaml(text, source="space.yaml")
 
 
-@pytest.mark.parametrize("name", ["quick", "ple", "wide"])
+@pytest.mark.parametrize("name", ["quick", "ple", "wide", "census"])
 def test_shipped_spaces_parse_and_mostly_build(name):
     space = SearchSpace.load(ROOT / "search_spaces" / f"{name}.yaml")
     for encoding in ("fixed", "conditional"):
