@@ -36,6 +36,7 @@ import optuna
 import torch
 
 from mtlsearch._errors import UserError
+from mtlsearch._fs import replace_dir
 from mtlsearch.search import CONFIG_ATTR, Pick, objectives_of, settings_of
 from mtlsearch.tracking._mlflow import CHECKPOINT_DIR, URI_ATTR
 from mtlsearch.tracking._serving import ServingModel, save_serving, serving_schema
@@ -219,13 +220,7 @@ def export_pick(
             "notes": result.notes,
         }
         (tmp / "pick.json").write_text(json.dumps(json_safe(info), indent=2))
-        if out.exists():  # overwrite: swap, then drop the old one
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            out.rename(old / "previous")
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 import mtlsearch
 from mtlsearch._errors import UserError
+from mtlsearch._fs import replace_dir
 from mtlsearch.arch import TaskSpec, build_model
 from mtlsearch.data import MTLDataset, Preprocessor
 from mtlsearch.train._config import ExperimentConfig
@@ -150,13 +151,7 @@ def save_checkpoint(result: TrainResult, data: MTLDataset, out_dir: Path, *, ove
             "versions": {"mtlsearch": mtlsearch.__version__, "torch": torch.__version__},
         }
         (tmp / METRICS).write_text(json.dumps(_json_safe(metrics), indent=2, allow_nan=False))
-        if out_dir.exists():  # overwrite: swap, then drop the old one
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            out_dir.rename(old / "ckpt")
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
