@@ -328,17 +328,19 @@ def _mtl_experiment(s: dict[str, Any]) -> Any:
     inputs = InputSpec(
         n_numeric=len(s["numeric"]),
         categorical=tuple(CategoricalFeature(n, c, s["embed_dim"]) for n, c in s["categorical"]),
+        embed_init_std=s.get("embed_init_std", 1.0),
     )
     level = {
         "n_shared": N_SHARED,
         "n_specific": (N_SPECIFIC,) * len(TASKS),
         "expert_hidden": (EXPERT_HIDDEN,),
+        "norm": s.get("norm", "none"),
     }
     arch = ArchConfig(
         inputs=inputs,
         tasks=tuple(TaskSpec(t, "binary") for t in TASKS),
         levels=tuple(LevelConfig(**level, shared_gate=i < N_LEVELS - 1) for i in range(N_LEVELS)),
-        towers=(TowerConfig(hidden=(TOWER_HIDDEN,)),) * len(TASKS),
+        towers=(TowerConfig(hidden=(TOWER_HIDDEN,), norm=s.get("norm", "none")),) * len(TASKS),
         name="ple",
     )
     training = TrainConfig(
@@ -567,7 +569,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"settings: census-income group 1, {rows['train']} train / {rows['valid']} valid / "
         f"{rows['test']} test rows; PLE {N_LEVELS} levels, {N_SPECIFIC} specific per task + "
         f"{N_SHARED} shared experts of [{EXPERT_HIDDEN}], towers [{TOWER_HIDDEN}], "
-        f"embed_dim {s['embed_dim']}; "
+        f"embed_dim {s['embed_dim']}; mtlsearch norm {s.get('norm', 'none')}, embedding init "
+        f"N(0, {s.get('embed_init_std', 1.0):g}); "
         f"Adam lr {s['lr']}, batch {s['batch_size']}, {s['epochs']} epoch(s), {s['rounds']} round(s), "
         f"{s['threads']} torch threads",
         f"1-min load average before / after: {report['load_before']:.2f} / {report['load_after']:.2f}",
@@ -630,6 +633,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--embed-dim", type=int, default=8)
+    parser.add_argument(
+        "--norm",
+        choices=("batch", "none"),
+        default="batch",
+        help="mtlsearch's norm for experts, gates and towers (batch = torch-rechub's layout)",
+    )
+    parser.add_argument(
+        "--embed-init-std",
+        type=float,
+        default=1e-4,
+        help="mtlsearch's embedding init scale (1e-4 = torch-rechub's N(0, 1e-4))",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in both tools")
     parser.add_argument("--seed", type=int, default=0, help="round r trains with seed + r")
     parser.add_argument("--profile", action="store_true", help="profile one mtlsearch epoch instead")
@@ -664,6 +679,8 @@ def main() -> None:
             "numeric": meta["numeric"],
             "categorical": meta["categorical"],
             "embed_dim": args.embed_dim,
+            "norm": args.norm,
+            "embed_init_std": args.embed_init_std,
             "batch_size": args.batch_size,
             "lr": args.lr,
             "epochs": args.epochs,

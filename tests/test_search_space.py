@@ -42,6 +42,9 @@ def test_shipped_spaces_parse_and_mostly_build(name):
         ("training: {lr: {float: [0.001, 0.01], step: 2, foo: 1}}\n", "training.lr.foo: unknown key"),
         ("reference: {presets: [mmoe, ple2]}\n", "unknown preset 'ple2'"),
         ("level: {n_shared: {uniform: [1, 2]}}\n", "level.n_shared: expected one of 'int'"),
+        ("level: {norm: {choice: [none, layer]}}\n", "level.norm: unknown choice 'layer'"),
+        ("tower: {norm: group}\n", "tower.norm: unknown choice 'group'"),
+        ("embed_init_std: {choice: [0.01, 0]}\n", "embed_init_std: needs numbers > 0, got 0"),
     ],
 )
 def test_bad_spaces_give_one_error_naming_file_and_key(text, needle):
@@ -136,3 +139,25 @@ def test_fixed_encoding_samples_every_level_so_trials_share_parameters():
     space.suggest(cond, INPUTS, TASKS, "conditional")
     assert "l1.n_shared" in fixed.names  # levels=1 was drawn, level 2 sampled anyway
     assert "l1.n_shared" not in cond.names
+
+
+def test_norm_and_embedding_init_are_searchable_and_reach_the_config():
+    space = _space(
+        "levels: 2\n"
+        "level: {n_shared: 1, n_specific: 1, norm: {choice: [none, batch]}}\n"
+        "tower: {norm: {choice: [none, batch]}}\n"
+        "embed_init_std: {choice: [1.0, 0.0001]}\n"
+    )
+    params = {"l0.norm": "batch", "l1.norm": "none", "tower.norm": "batch", "embed_init_std": 0.0001}
+    cfg = space.suggest(FixedTrial(params), INPUTS, TASKS, "conditional").model
+    assert [lv.norm for lv in cfg.levels] == ["batch", "none"]
+    assert {t.norm for t in cfg.towers} == {"batch"}
+    assert cfg.inputs.embed_init_std == 0.0001
+    assert {"l0.norm", "l1.norm", "tower.norm", "embed_init_std"} <= set(space._param_leaves(TASKS))
+
+
+def test_a_space_without_embed_init_std_keeps_the_inputs_own():
+    space = _space("levels: 1\nlevel: {n_shared: 1, n_specific: 0}\n")
+    inputs = InputSpec(n_numeric=5, embed_init_std=0.5)
+    cfg = space.suggest(FixedTrial({}), inputs, TASKS, "conditional").model
+    assert cfg.inputs.embed_init_std == 0.5

@@ -112,3 +112,16 @@ def test_example_configs_load_with_the_dataset_filling_inputs_and_tasks(name):
     assert cfg.model.tasks == tasks
     assert cfg.model.inputs == inputs
     assert ExperimentConfig.from_yaml(cfg.to_yaml()) == cfg
+
+
+def test_an_inputs_section_with_only_embed_init_std_keeps_the_datasets_features():
+    inputs = InputSpec(n_numeric=7, categorical=(CategoricalFeature("race", 6, 4),))
+    tasks = (TaskSpec("income", "binary"), TaskSpec("marital", "binary"))
+    text = (
+        "model:\n  inputs: {embed_init_std: 0.0001}\n"
+        "  levels: [{n_shared: 1, n_specific: 0, expert_hidden: [8], norm: batch}]\n"
+    )
+    cfg = ExperimentConfig.from_yaml(text, inputs=inputs, tasks=tasks)
+    assert cfg.model.inputs.categorical == inputs.categorical and cfg.model.inputs.n_numeric == 7
+    assert cfg.model.inputs.embed_init_std == 0.0001
+    assert cfg.model.levels[0].norm == "batch"

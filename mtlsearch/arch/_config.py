@@ -26,6 +26,7 @@ GateSelect = Literal["own+shared", "shared", "all"]
 GateInput = Literal["level", "raw"]
 GateKind = Literal["softmax", "topk", "none"]
 GateSharing = Literal["per_task", "single"]
+Norm = Literal["none", "batch"]
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid", "identity")
 
@@ -73,10 +74,17 @@ class CategoricalFeature:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The input encoder: ``n_numeric`` dense columns concatenated with the embeddings."""
+    """The input encoder: ``n_numeric`` dense columns concatenated with the embeddings.
+
+    ``embed_init_std`` scales the embedding tables' initial N(0, 1) draw (PyTorch's
+    ``nn.Embedding`` default at 1.0). Recommendation libraries start embeddings small
+    (torch-rechub N(0, 1e-4), DeepCTR 1e-4); the scale changes how fast a model fits,
+    so it is part of the architecture and searchable.
+    """
 
     n_numeric: int = 0
     categorical: tuple[CategoricalFeature, ...] = ()
+    embed_init_std: float = 1.0
 
     @property
     def dim(self) -> int:
@@ -86,6 +94,11 @@ class InputSpec:
         _check(self.n_numeric >= 0, f"{path}.n_numeric", f"must be >= 0, got {self.n_numeric}")
         for i, c in enumerate(self.categorical):
             c.validate(f"{path}.categorical[{i}]")
+        _check(
+            isinstance(self.embed_init_std, int | float) and self.embed_init_std > 0,
+            f"{path}.embed_init_std",
+            f"must be a number > 0, got {self.embed_init_std!r}",
+        )
         _check(self.dim >= 1, path, "the network has no input (no numeric and no categorical)")
 
 
@@ -123,6 +136,8 @@ class LevelConfig:
     task (PLE's progressive routing) or the raw network input. ``gate_sharing='single'``
     uses one gate for every task (OMoE). ``gate_kind='none'`` averages the selected experts
     with no parameters (shared-bottom and single-task use it with one expert).
+    ``norm='batch'`` batch-normalises every expert hidden layer and every gate's logits
+    before their activation (torch-rechub's and DeepCTR's PLE/MMoE layout).
     """
 
     n_shared: int
@@ -136,6 +151,7 @@ class LevelConfig:
     gate_kind: GateKind = "softmax"
     top_k: int = 2
     gate_sharing: GateSharing = "per_task"
+    norm: Norm = "none"
 
     @property
     def out_dim(self) -> int:
@@ -177,6 +193,7 @@ class LevelConfig:
         _check_choice(self.gate_input, get_args(GateInput), f"{path}.gate_input")
         _check_choice(self.gate_kind, get_args(GateKind), f"{path}.gate_kind")
         _check_choice(self.gate_sharing, get_args(GateSharing), f"{path}.gate_sharing")
+        _check_choice(self.norm, get_args(Norm), f"{path}.norm")
         _check(self.n_experts >= 1, path, "the level has no expert (n_shared and n_specific all 0)")
         if self.gate_sharing == "single":
             _check(
@@ -204,14 +221,19 @@ class LevelConfig:
 
 @dataclass(frozen=True)
 class TowerConfig:
+    """A task tower: hidden layers then a linear output (``norm='batch'`` normalises the
+    hidden layers, not the output)."""
+
     hidden: tuple[int, ...] = (32,)
     activation: str = "relu"
     dropout: float = 0.0
+    norm: Norm = "none"
 
     def validate(self, path: str) -> None:
         _check_widths(self.hidden, f"{path}.hidden", allow_empty=True)
         _check_choice(self.activation, ACTIVATIONS, f"{path}.activation")
         _check_dropout(self.dropout, f"{path}.dropout")
+        _check_choice(self.norm, get_args(Norm), f"{path}.norm")
 
 
 @dataclass(frozen=True)
@@ -287,6 +309,7 @@ class ArchConfig:
                 _build(CategoricalFeature, c, f"inputs.categorical[{i}]")
                 for i, c in enumerate(_expect_list(inputs_raw.get("categorical", []), "inputs.categorical"))
             ),
+            embed_init_std=inputs_raw.get("embed_init_std", 1.0),
         )
         levels = []
         for i, lv in enumerate(_expect_list(data["levels"], "levels")):

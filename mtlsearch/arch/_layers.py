@@ -32,6 +32,11 @@ class BatchedMLP(nn.Module):
     ``forward`` takes ``(B, in)`` (every MLP reads the same input: one GEMM over all of them)
     or ``(n, B, in)`` (each its own input: one ``baddbmm``) and returns ``(n, B, out)``.
     With ``last_activation=False`` the last layer is linear (a tower's output layer).
+
+    ``norm="batch"`` puts batch normalisation between each hidden layer's linear map and
+    its activation (Linear -> BatchNorm -> activation -> dropout, the layout of
+    torch-rechub's and DeepCTR's MLPs), with statistics per MLP and unit. It is computed on
+    the ``(B, n * out)`` view of a layer, so all ``n`` MLPs normalise in one fused call.
     """
 
     def __init__(
@@ -42,9 +47,11 @@ class BatchedMLP(nn.Module):
         activation: str = "relu",
         dropout: float = 0.0,
         last_activation: bool = True,
+        norm: str = "none",
     ) -> None:
         super().__init__()
         self.n = n
+        self.norm = norm
         self.widths = tuple(widths)
         self.act = ACTIVATION_FNS[activation]
         self.dropout = dropout
@@ -56,7 +63,32 @@ class BatchedMLP(nn.Module):
         self.biases = nn.ParameterList(
             nn.Parameter(torch.empty(n, 1, dims[i + 1])) for i in range(len(self.widths))
         )
+        # Batch-norm affine parameters and running statistics, flattened to (n * out,) per
+        # normalised layer (every layer but a linear output layer).
+        n_norm = (len(self.widths) if last_activation else len(self.widths) - 1) if norm == "batch" else 0
+        self.norm_weights = nn.ParameterList(nn.Parameter(torch.ones(n * dims[i + 1])) for i in range(n_norm))
+        self.norm_biases = nn.ParameterList(nn.Parameter(torch.zeros(n * dims[i + 1])) for i in range(n_norm))
+        for i in range(n_norm):
+            self.register_buffer(f"running_mean_{i}", torch.zeros(n * dims[i + 1]))
+            self.register_buffer(f"running_var_{i}", torch.ones(n * dims[i + 1]))
         self.reset_parameters()
+
+    def _batch_norm(self, x: Tensor, i: int) -> Tensor:
+        """Normalise ``(B, n * out)`` with layer ``i``'s statistics.
+
+        A training batch of one row has no variance to normalise by; it uses the running
+        statistics instead of failing (a last batch of one row is a data-size accident).
+        """
+        return nn.functional.batch_norm(
+            x,
+            getattr(self, f"running_mean_{i}"),
+            getattr(self, f"running_var_{i}"),
+            self.norm_weights[i],
+            self.norm_biases[i],
+            training=self.training and x.shape[0] > 1,
+            momentum=0.1,
+            eps=1e-5,
+        )
 
     def reset_parameters(self) -> None:
         # Same distribution as nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -65,20 +97,64 @@ class BatchedMLP(nn.Module):
             nn.init.uniform_(w, -bound, bound)
             nn.init.uniform_(b, -bound, bound)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor | Sequence[Tensor], groups: Sequence[int] | None = None) -> Tensor:
+        """Run the ``n`` MLPs; returns ``(n, B, out)`` (possibly a transposed view).
+
+        ``x`` is ``(B, in)`` read by every MLP, ``(n, B, in)`` one input per MLP, or a list
+        of ``(B, in)`` inputs with ``groups`` saying how many consecutive MLPs read each
+        (a level's experts grouped by the task or shared input they read). The first two
+        forms of a first layer are one GEMM per input, written side by side into one
+        ``(B, n * out)`` tensor, so the inputs are never stacked or gathered per expert.
+        """
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            if x.dim() == 2:  # shared input: one (B, in) x (in, n*out) GEMM
-                n, d_in, d_out = w.shape
-                flat = w.permute(1, 0, 2).reshape(d_in, n * d_out)
-                x = (x @ flat).view(x.shape[0], n, d_out).transpose(0, 1) + b
+            normed = i < len(self.norm_weights)
+            n, _, d_out = w.shape
+            if i == 0 and (groups is not None or (isinstance(x, Tensor) and x.dim() == 2)):
+                wide = self._wide_layer(x, groups, w, b)  # (B, n * out)
+                if normed:
+                    wide = self._batch_norm(wide, i)
+                h = wide.view(wide.shape[0], n, d_out).transpose(0, 1)
             else:
-                x = torch.baddbmm(b, x, w)
+                h = torch.baddbmm(b, x, w)  # type: ignore[arg-type]
+                if normed:
+                    batch = h.shape[1]
+                    wide = self._batch_norm(h.transpose(0, 1).reshape(batch, n * d_out), i)
+                    h = wide.view(batch, n, d_out).transpose(0, 1)
             if i < last or self.last_activation:
-                x = self.act(x)
+                h = self.act(h)
                 if self.dropout > 0:
-                    x = nn.functional.dropout(x, self.dropout, self.training)
-        return x
+                    h = nn.functional.dropout(h, self.dropout, self.training)
+            x = h
+        return x  # type: ignore[return-value]
+
+    @staticmethod
+    def _wide_layer(
+        x: Tensor | Sequence[Tensor], groups: Sequence[int] | None, w: Tensor, b: Tensor
+    ) -> Tensor:
+        n, d_in, d_out = w.shape
+        if groups is None:  # one input read by all n MLPs: one (B, in) x (in, n*out) GEMM
+            return torch.addmm(b.reshape(1, n * d_out), x, w.permute(1, 0, 2).reshape(d_in, n * d_out))  # type: ignore[arg-type]
+        parts, start = [], 0
+        for xs, count in zip(x, groups, strict=True):
+            if count:
+                ws, bs = w[start : start + count], b[start : start + count]
+                flat = ws.permute(1, 0, 2).reshape(d_in, count * d_out)
+                parts.append(torch.addmm(bs.reshape(1, count * d_out), xs, flat))
+            start += count
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+class RowSafeBatchNorm(nn.BatchNorm1d):
+    """``BatchNorm1d`` that normalises a one-row training batch with the running statistics
+    (plain batch norm raises on it; a last batch of one row is a data-size accident)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1:
+            return nn.functional.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)
 
 
 class InputEncoder(nn.Module):
@@ -101,7 +177,11 @@ class InputEncoder(nn.Module):
             offsets = torch.tensor([0] + [f.cardinality for f in feats[:-1]]).cumsum(0)
             self.register_buffer(f"offsets_{g}", offsets, persistent=False)
             self.register_buffer(f"cols_{g}", torch.tensor(cols), persistent=False)
-            self.tables.append(nn.Embedding(sum(f.cardinality for f in feats), dim))
+            table = nn.Embedding(sum(f.cardinality for f in feats), dim)
+            if spec.embed_init_std != 1.0:  # rescale the N(0, 1) draw: no extra RNG use
+                with torch.no_grad():
+                    table.weight.mul_(spec.embed_init_std)
+            self.tables.append(table)
             self._group_cols.append(cols)
         self.dim = spec.dim
 
@@ -110,7 +190,9 @@ class InputEncoder(nn.Module):
         for g, table in enumerate(self.tables):
             cols = getattr(self, f"cols_{g}")
             codes = categorical.index_select(1, cols) + getattr(self, f"offsets_{g}")
-            parts.append(table(codes).flatten(1))
+            # index_select rather than table(codes): the same rows, but its backward is an
+            # index_add (about 3x faster on CPU than embedding_dense_backward's sort).
+            parts.append(table.weight.index_select(0, codes.flatten()).view(codes.shape[0], -1))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlsearch.arch._config import ArchConfig, LevelConfig, TowerConfig
-from mtlsearch.arch._layers import GATE_FNS, BatchedMLP, InputEncoder
+from mtlsearch.arch._layers import GATE_FNS, BatchedMLP, InputEncoder, RowSafeBatchNorm
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,14 @@ class ExtractionLevel(nn.Module):
         self.first = first
         n_tasks = len(task_names)
         self.task_names = task_names
-        sources = [k for k, n in enumerate(cfg.n_specific) for _ in range(n)]
-        sources += [n_tasks] * cfg.n_shared
-        self.register_buffer("expert_source", torch.tensor(sources), persistent=False)
+        # Experts grouped by the input they read: each task's specific ones, then the shared.
+        self._input_groups = (*cfg.n_specific, cfg.n_shared)
         self.expert_names = [
             f"{task_names[k]}/{i}" for k, n in enumerate(cfg.n_specific) for i in range(n)
         ] + [f"shared/{i}" for i in range(cfg.n_shared)]
-        self.experts = BatchedMLP(cfg.n_experts, in_dim, cfg.expert_hidden, cfg.activation, cfg.dropout)
+        self.experts = BatchedMLP(
+            cfg.n_experts, in_dim, cfg.expert_hidden, cfg.activation, cfg.dropout, norm=cfg.norm
+        )
         raw = cfg.gate_input == "raw"
         specs: list[_GateSpec] = []
         if cfg.gate_sharing == "single":
@@ -64,12 +65,18 @@ class ExtractionLevel(nn.Module):
         self.gates = nn.ModuleList(
             nn.Identity() if cfg.gate_kind == "none" else nn.Linear(gate_in, len(s.selection)) for s in specs
         )
+        # Batch norm on a gate's logits (torch-rechub's gates are Linear -> BatchNorm -> softmax).
+        norm_gates = cfg.norm == "batch" and cfg.gate_kind != "none"
+        self.gate_norms = nn.ModuleList(
+            RowSafeBatchNorm(len(s.selection)) if norm_gates else nn.Identity() for s in specs
+        )
 
     def _expert_outputs(self, inputs: list[Tensor]) -> Tensor:
         if self.first:
             return self.experts(inputs[0])  # every expert reads the raw input: one GEMM
-        stacked = torch.stack(inputs)  # (sources, B, in)
-        return self.experts(stacked.index_select(0, self.expert_source))
+        # Experts are ordered by the input they read (task 0's, ..., shared): one GEMM per input.
+        groups = self._input_groups[: len(inputs)]
+        return self.experts(inputs[: len(groups)], groups)
 
     def _weights(self, i: int, spec: _GateSpec, inputs: list[Tensor], raw: Tensor) -> Tensor:
         """Dense mixing weights (B, E): zero outside the gate's selection."""
@@ -79,7 +86,7 @@ class ExtractionLevel(nn.Module):
             w = raw.new_full((batch, len(spec.selection)), 1.0 / len(spec.selection))
         else:
             x = raw if spec.source is None else inputs[0 if self.first else spec.source]
-            w = GATE_FNS[self.cfg.gate_kind](self.gates[i](x), self.cfg.top_k)
+            w = GATE_FNS[self.cfg.gate_kind](self.gate_norms[i](self.gates[i](x)), self.cfg.top_k)
         return raw.new_zeros(batch, self.cfg.n_experts).index_copy(1, sel, w)
 
     def forward(
@@ -112,11 +119,11 @@ class Towers(nn.Module):
         super().__init__()
         groups: dict[tuple, list[int]] = {}
         for k, (tw, out) in enumerate(zip(towers, out_dims, strict=True)):
-            groups.setdefault((tw.hidden, tw.activation, tw.dropout, out), []).append(k)
+            groups.setdefault((tw.hidden, tw.activation, tw.dropout, tw.norm, out), []).append(k)
         self.groups = [members for members in groups.values()]
         self.mlps = nn.ModuleList(
-            BatchedMLP(len(members), in_dim, (*hidden, out), act, drop, last_activation=False)
-            for (hidden, act, drop, out), members in groups.items()
+            BatchedMLP(len(members), in_dim, (*hidden, out), act, drop, last_activation=False, norm=norm)
+            for (hidden, act, drop, norm, out), members in groups.items()
         )
 
     def forward(self, task_inputs: list[Tensor]) -> list[Tensor]:

@@ -21,7 +21,7 @@ import json
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -39,7 +39,7 @@ from mtlsearch.arch import (
     TowerConfig,
     preset,
 )
-from mtlsearch.arch._config import GateInput, GateKind, GateSelect, GateSharing
+from mtlsearch.arch._config import GateInput, GateKind, GateSelect, GateSharing, Norm
 
 # ---- parameters ---------------------------------------------------------------------------
 
@@ -196,8 +196,10 @@ _LEVEL_KEYS = {
     "gate_kind",
     "top_k",
     "gate_sharing",
+    "norm",
 }
-_TOWER_KEYS = {"hidden", "activation", "dropout"}
+_TOWER_KEYS = {"hidden", "activation", "dropout", "norm"}
+_TOWER_DEFAULTS: dict[str, Any] = {"hidden": (32,), "activation": "relu", "dropout": 0.0, "norm": "none"}
 _TRAINING_KEYS = {
     "optimizer",
     "lr",
@@ -216,6 +218,7 @@ _TOP_KEYS = {
     "level",
     "tower",
     "embedding_dim",
+    "embed_init_std",
     "training",
     "reference",
     "encoding",
@@ -228,6 +231,7 @@ _VOCAB: dict[str, tuple[Any, ...]] = {
     "gate_input": get_args(GateInput),
     "gate_kind": get_args(GateKind),
     "gate_sharing": get_args(GateSharing),
+    "norm": get_args(Norm),
     "activation": ACTIVATIONS,
     "shared_gate": (True, False, "auto"),
     "per_task": (True, False),
@@ -246,6 +250,7 @@ _LEVEL_DEFAULTS: dict[str, Any] = {
     "gate_kind": "softmax",
     "top_k": 2,
     "gate_sharing": "per_task",
+    "norm": "none",
 }
 
 
@@ -258,6 +263,7 @@ class SearchSpace:
     level: Mapping[str, Param]
     tower: Mapping[str, Param]
     embedding_dim: Param
+    embed_init_std: Param | None  # None: the input spec's own (nn.Embedding's N(0, 1) by default)
     training: Mapping[str, Param]
     encoding: str
     reference_presets: tuple[str, ...]
@@ -302,7 +308,7 @@ class SearchSpace:
         }
         tower = {
             k: _parse_param(data.get("tower", {}).get(k, v), where(f"tower.{k}"))
-            for k, v in {"hidden": (32,), "activation": "relu", "dropout": 0.0}.items()
+            for k, v in _TOWER_DEFAULTS.items()
         }
         training = {k: _parse_param(v, where(f"training.{k}")) for k, v in data.get("training", {}).items()}
         ref = data.get("reference", {}) or {}
@@ -324,6 +330,11 @@ class SearchSpace:
             level=level,
             tower=tower,
             embedding_dim=_parse_param(data.get("embedding_dim", 8), where("embedding_dim")),
+            embed_init_std=(
+                _parse_param(data["embed_init_std"], where("embed_init_std"))
+                if "embed_init_std" in data
+                else None
+            ),
             training=training,
             encoding=encoding,
             reference_presets=presets,
@@ -343,11 +354,13 @@ class SearchSpace:
                         f"{self.source}: level.{key}: unknown choice {v!r}; "
                         f"the builder knows {list(_VOCAB[key])}"
                     )
-        for v in self.tower["activation"].values():
-            if v not in ACTIVATIONS:
-                raise UserError(
-                    f"{self.source}: tower.activation: unknown choice {v!r}; known {list(ACTIVATIONS)}"
-                )
+        for key, vocab in (("activation", ACTIVATIONS), ("norm", get_args(Norm))):
+            for v in self.tower[key].values():
+                if v not in vocab:
+                    raise UserError(f"{self.source}: tower.{key}: unknown choice {v!r}; known {list(vocab)}")
+        for v in self.embed_init_std.values() if self.embed_init_std else ():
+            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+                raise UserError(f"{self.source}: embed_init_std: needs numbers > 0, got {v!r}")
         for v in self.levels.values():
             if not isinstance(v, int) or v < 1:
                 raise UserError(f"{self.source}: levels: needs integers >= 1, got {v!r}")
@@ -400,9 +413,12 @@ class SearchSpace:
             hidden=tuple(self.tower["hidden"].suggest(trial, "tower.hidden")),
             activation=self.tower["activation"].suggest(trial, "tower.activation"),
             dropout=self.tower["dropout"].suggest(trial, "tower.dropout"),
+            norm=self.tower["norm"].suggest(trial, "tower.norm"),
         )
         embed = self.embedding_dim.suggest(trial, "embedding_dim")
         spec = inputs if isinstance(inputs, InputSpec) else inputs.input_spec(embed)
+        if self.embed_init_std is not None:
+            spec = replace(spec, embed_init_std=float(self.embed_init_std.suggest(trial, "embed_init_std")))
         arch = ArchConfig(
             inputs=spec,
             tasks=tasks,
@@ -486,6 +502,8 @@ class SearchSpace:
                     leaves[f"l{i}.{k}"] = param
         leaves.update({f"tower.{k}": v for k, v in self.tower.items()})
         leaves["embedding_dim"] = self.embedding_dim
+        if self.embed_init_std is not None:
+            leaves["embed_init_std"] = self.embed_init_std
         leaves.update({f"training.{k}": v for k, v in self.training.items()})
         return leaves
 

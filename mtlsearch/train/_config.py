@@ -239,7 +239,8 @@ class ExperimentConfig:
 
         ``inputs``/``tasks`` fill ``model.inputs``/``model.tasks`` when the file leaves them
         out, so one hand-written architecture file (levels and towers only) trains on any
-        dataset; the CLI passes the dataset's. Values in the file always win.
+        dataset; the CLI passes the dataset's. Values in the file always win (an ``inputs``
+        section holding only ``embed_init_std`` keeps the dataset's features).
         """
         data = _expect_mapping(data, "experiment")
         for key in data:
@@ -248,8 +249,12 @@ class ExperimentConfig:
         if "model" not in data:
             _fail("model", "missing section (the architecture)")
         model_raw = dict(_expect_mapping(data["model"], "model"))
-        if "inputs" not in model_raw and inputs is not None:
-            model_raw["inputs"] = _plain(inputs)
+        given = model_raw.get("inputs")
+        if inputs is not None and (
+            given is None or (isinstance(given, dict) and given.keys() <= {"embed_init_std"})
+        ):
+            # no features in the file: the dataset's, keeping an embed_init_std the file sets
+            model_raw["inputs"] = {**_plain(inputs), **(given or {})}
         if "tasks" not in model_raw and tasks is not None:
             model_raw["tasks"] = [_plain(t) for t in tasks]
         try:
