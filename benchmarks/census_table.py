@@ -35,6 +35,11 @@ Usage::
     .venv/bin/python benchmarks/census_table.py --data-dir ../shared/data --groups 1 2 \\
         --seeds 5 --searched 1=/tmp/census-g1-pick/config.yaml --out /tmp/census_table.md
 
+``--extra "GROUP:LABEL=CONFIG"`` adds more rows retrained the same way (ablations, e.g. PLE
+with another embedding initialisation), shown as LABEL between the presets and the searched
+row. Verdicts use ``BaselineReport.verdict``'s rule: with several seeds a gain within two
+standard errors of the difference of the means is a tie.
+
 ``--out FILE`` writes the markdown table to FILE and the raw numbers to FILE with suffix
 ``.json``; ``--resume`` reuses the runs already in that JSON (training is deterministic on
 the CPU) so that a searched row can be added later without retraining the presets.
@@ -48,6 +53,7 @@ import datetime as dt
 import importlib
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -76,6 +82,7 @@ log = logging.getLogger("census_table")
 
 PRESETS = ("single_task", "shared_bottom", "omoe", "mmoe", "cgc", "ple")
 SEARCHED = "searched"
+EXTRA = "extra:"  # rows from --extra GROUP:LABEL=CONFIG (ablations), keyed "extra:LABEL"
 COMMON = {"expert_hidden": (64,), "tower": (32,)}
 SIZES: dict[str, dict[str, Any]] = {
     "single_task": COMMON,
@@ -148,7 +155,11 @@ def load_group(data_dir: Path | None, group: int, quick: bool) -> MTLDataset:
 
 
 def model_configs(
-    data: MTLDataset, models: Sequence[str], training: TrainConfig, searched: ExperimentConfig | None
+    data: MTLDataset,
+    models: Sequence[str],
+    training: TrainConfig,
+    searched: ExperimentConfig | None,
+    extras: Mapping[str, ExperimentConfig] | None = None,
 ) -> dict[str, list[ExperimentConfig]]:
     """Per model, the networks one seed trains (one per task for single-task)."""
     inputs = data.input_spec()
@@ -166,8 +177,10 @@ def model_configs(
             out[name] = [
                 ExperimentConfig(model=preset(name, inputs, data.tasks, **SIZES[name]), training=training)
             ]
+    budget = {"epochs": training.epochs, "patience": training.patience, "monitor": training.monitor}
+    for label, config in (extras or {}).items():
+        out[EXTRA + label] = [replace(config, training=replace(config.training, **budget))]
     if searched is not None:
-        budget = {"epochs": training.epochs, "patience": training.patience, "monitor": training.monitor}
         out[SEARCHED] = [replace(searched, training=replace(searched.training, **budget))]
     return out
 
@@ -204,8 +217,20 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _label(model: str) -> str:
+    return LABELS.get(model, model.removeprefix(EXTRA))
+
+
+def _order(model: str) -> int:
+    return PRESETS.index(model) if model in PRESETS else len(PRESETS) + (model == SEARCHED)
+
+
 def summarise(runs: Sequence[dict[str, Any]], tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Per model: test AUC mean/std per task, gains over single-task, verdict, params, s/epoch."""
+    """Per model: test AUC mean/std per task, gains over single-task, verdict, params, s/epoch.
+
+    The verdict is ``BaselineReport.verdict``'s rule: with two or more seeds a task's gain
+    counts only beyond two standard errors of the difference of the means (a seed wobble is
+    a tie, not a seesaw); ``clear_gain`` holds those gains (0.0 = tie)."""
     by_model: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
         by_model.setdefault(r["model"], []).append(r)
@@ -224,8 +249,19 @@ def summarise(runs: Sequence[dict[str, Any]], tasks: Sequence[str]) -> dict[str,
         for model, s in out.items():
             if model != SINGLE_TASK:
                 s["gain"] = {t: mtl_gain("binary", s["auc_mean"][t], ref[t]) for t in tasks}
-                s["verdict"] = classify_gains(s["gain"].values())
+                s["clear_gain"] = {t: _beyond_noise(s, out[SINGLE_TASK], t) for t in tasks}
+                s["verdict"] = classify_gains(s["clear_gain"].values())
     return out
+
+
+def _beyond_noise(s: Mapping[str, Any], ref: Mapping[str, Any], task: str, noise: float = 2.0) -> float:
+    gain = s["gain"][task]
+    n, n_ref = len(s["seeds"]), len(ref["seeds"])
+    if n > 1 and n_ref > 1:
+        se = math.sqrt(s["auc_std"][task] ** 2 / n + ref["auc_std"][task] ** 2 / n_ref)
+        if abs(gain) <= noise * se:
+            return 0.0
+    return gain
 
 
 def _published_cell(
@@ -244,11 +280,9 @@ def group_markdown(group: int, tasks: Sequence[str], summary: Mapping[str, Mappi
     head += ["verdict", "params", "s/epoch"]
     head += [f"{name}: {' / '.join(tasks)}" for name, _ in sources]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for model in [*PRESETS, SEARCHED]:
-        if model not in summary:
-            continue
+    for model in sorted(summary, key=_order):
         s = summary[model]
-        row = [LABELS[model]]
+        row = [_label(model)]
         for t in tasks:
             std = f" ± {s['auc_std'][t]:.4f}" if len(s["seeds"]) > 1 else ""
             row.append(f"{s['auc_mean'][t]:.4f}{std}")
@@ -272,9 +306,9 @@ def runs_markdown(runs: Sequence[dict[str, Any]], tasks: Sequence[str]) -> str:
         "s",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in sorted(runs, key=lambda r: ([*PRESETS, SEARCHED].index(r["model"]), r["seed"])):
+    for r in sorted(runs, key=lambda r: (_order(r["model"]), r["seed"])):
         epochs = ", ".join(f"{t} {r['best_epoch'][t]}/{r['epochs_run'][t]}" for t in tasks)
-        row = [LABELS[r["model"]], str(r["seed"]), *(f"{r['test'][t]['auc']:.4f}" for t in tasks)]
+        row = [_label(r["model"]), str(r["seed"]), *(f"{r['test'][t]['auc']:.4f}" for t in tasks)]
         row += [epochs, f"{r['epoch_seconds']:.2f}", f"{r['seconds']:.0f}"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -291,6 +325,17 @@ def parse_searched(items: Sequence[str]) -> dict[int, Path]:
     return out
 
 
+def parse_extras(items: Sequence[str]) -> dict[tuple[int, str], Path]:
+    out: dict[tuple[int, str], Path] = {}
+    for item in items:
+        head, sep, path = item.partition("=")
+        group, colon, label = head.partition(":")
+        if not (sep and colon and label and group.strip().isdigit()):
+            raise SystemExit(f"--extra {item}: expected GROUP:LABEL=PATH, e.g. 2:PLE init 0.01=/tmp/ple.yaml")
+        out[(int(group), label)] = Path(path)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=None, help="folder holding census-income-kdd/")
@@ -298,6 +343,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="training seeds 0..N-1")
     parser.add_argument("--models", nargs="+", default=list(PRESETS), choices=PRESETS)
     parser.add_argument("--searched", nargs="*", default=[], metavar="GROUP=CONFIG", help="exported config")
+    parser.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        metavar="GROUP:LABEL=CONFIG",
+        help="more rows (ablations): a config retrained like the searched one, shown as LABEL",
+    )
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--patience", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -318,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if SINGLE_TASK not in args.models:
         args.models.insert(0, SINGLE_TASK)  # the gains need the reference
     searched_paths = parse_searched(args.searched)
+    extra_paths = parse_extras(args.extra)
     torch.set_num_threads(args.threads)
     # The optimisers import torch._dynamo on their first step (seconds); do it once up front.
     importlib.import_module("torch._dynamo")
@@ -356,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "group %d: %s, %d/%d/%d rows", group, data.name, len(data.train), len(data.valid), len(data.test)
         )
         searched = load_searched(searched_paths[group], data) if group in searched_paths else None
-        configs = model_configs(data, args.models, training, searched)
+        extras = {label: load_searched(path, data) for (g, label), path in extra_paths.items() if g == group}
+        configs = model_configs(data, args.models, training, searched, extras)
         runs: list[dict[str, Any]] = []
         for model, cfgs in configs.items():
             for seed in range(args.seeds):

@@ -24,13 +24,17 @@ weights 0.5 each). Adam, lr 1e-3, no weight decay, batch 1024. Model selection: 
 with the best validation AUC of task 0 (income), as torch-rechub's early stopper chooses
 (mtlsearch: ``monitor="income"``); its weights are scored on the test split.
 
-Differences that remain (neither tool can be configured away from them):
+Matched by configuration (mtlsearch's builder has the knobs; the defaults here mirror
+torch-rechub, ``--norm none --embed-init-std 1`` turns them off):
 
-* torch-rechub's ``MLP`` puts ``BatchNorm1d`` after every linear layer, in experts, gates
-  and tower hidden layers; mtlsearch has no batch norm.
-* Initialisation: torch-rechub's embeddings start from N(0, 1e-4), mtlsearch's from
-  ``nn.Embedding``'s N(0, 1); linear layers use PyTorch's default in both.
-* torch-rechub applies a sigmoid and ``BCELoss``; mtlsearch ``BCE with logits``.
+* torch-rechub's ``MLP`` puts ``BatchNorm1d`` between the linear map and the activation of
+  every expert, gate and tower hidden layer: mtlsearch ``norm: batch`` on the levels and
+  towers does the same (per expert, per gate, per tower hidden layer).
+* torch-rechub's embeddings start from N(0, 1e-4): mtlsearch ``embed_init_std: 1e-4``.
+  Linear layers use PyTorch's default initialisation in both.
+
+Difference that remains: torch-rechub applies a sigmoid and ``BCELoss``, mtlsearch ``BCE
+with logits`` (the same loss, computed more stably).
 
 Timing: each tool trains in its own child process (a fresh interpreter, so the resident
 set high-water mark, ``VmHWM``, is that tool's alone), with ``torch.set_num_threads``

@@ -39,6 +39,14 @@ def _searched_config(path: Path) -> Path:
     return path
 
 
+def _with_init(searched: Path, path: Path) -> Path:
+    """The same experiment with small embedding initialisation (an ablation row)."""
+    doc = yaml.safe_load(searched.read_text())
+    doc["model"]["inputs"] = {"embed_init_std": 0.01}
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
 @pytest.mark.slow
 def test_quick_run_writes_the_table(shared_data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "table.md"
@@ -53,6 +61,8 @@ def test_quick_run_writes_the_table(shared_data_dir: Path, tmp_path: Path) -> No
         "1",
         "--searched",
         f"1={searched}",
+        "--extra",
+        f"1:CGC, embed init 0.01={_with_init(searched, tmp_path / 'extra.yaml')}",
         "--out",
         str(out),
     ]
@@ -66,12 +76,22 @@ def test_quick_run_writes_the_table(shared_data_dir: Path, tmp_path: Path) -> No
     assert header in text
     assert "MMoE paper Table 1" in text and "PLE paper Table 5" in text
     rows = {line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")}
-    assert {"single-task", "PLE", "searched"} <= rows
+    assert {"single-task", "PLE", "searched", "CGC, embed init 0.01"} <= rows
+    # the extra row sits between the presets and the searched row
+    order = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")]
+    assert order.index("PLE") < order.index("CGC, embed init 0.01") < order.index("searched")
 
     raw = json.loads(out.with_suffix(".json").read_text())
     group = raw["groups"]["1"]
     assert group["tasks"] == ["income", "marital"]
-    assert {r["model"] for r in group["runs"]} == {"single_task", "ple", "searched"}
+    assert {r["model"] for r in group["runs"]} == {
+        "single_task",
+        "ple",
+        "searched",
+        "extra:CGC, embed init 0.01",
+    }
+    extra = next(r for r in group["runs"] if r["model"].startswith("extra:"))
+    assert extra["configs"][0]["model"]["inputs"]["embed_init_std"] == 0.01
     for run in group["runs"]:
         for task in ("income", "marital"):
             auc = run["test"][task]["auc"]
@@ -79,3 +99,39 @@ def test_quick_run_writes_the_table(shared_data_dir: Path, tmp_path: Path) -> No
     summary = group["summary"]
     assert set(summary["ple"]["gain"]) == {"income", "marital"}
     assert summary["searched"]["verdict"] in {"beats_single_task", "seesaw", "partial_gain", "no_gain"}
+
+
+def _module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("census_table", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_verdict_counts_a_gain_only_beyond_two_standard_errors() -> None:
+    bench = _module()
+
+    def runs(model: str, income: list[float], marital: list[float]) -> list[dict]:
+        return [
+            {
+                "model": model,
+                "seed": i,
+                "test": {"income": {"auc": a}, "marital": {"auc": b}},
+                "n_params": 1,
+                "epoch_seconds": 1.0,
+            }
+            for i, (a, b) in enumerate(zip(income, marital, strict=True))
+        ]
+
+    single = runs("single_task", [0.940, 0.942, 0.941], [0.990, 0.991, 0.992])
+    # income: +0.0003 on the means, far inside the seeds' spread -> a tie; marital clearly up
+    wobble = runs("omoe", [0.9403, 0.9423, 0.9413], [0.995, 0.996, 0.997])
+    # income clearly down, marital clearly up -> a real seesaw
+    seesaw = runs("mmoe", [0.930, 0.931, 0.932], [0.995, 0.996, 0.997])
+    summary = bench.summarise(single + wobble + seesaw, ["income", "marital"])
+    assert summary["omoe"]["clear_gain"]["income"] == 0.0
+    assert summary["omoe"]["verdict"] == "partial_gain"
+    assert summary["mmoe"]["verdict"] == "seesaw"
