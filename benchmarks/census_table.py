@@ -56,6 +56,7 @@ import logging
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -443,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"with {torch.get_num_threads()} thread(s); 1-min load average before / after: "
         f"{load_before:.2f} / {os.getloadavg()[0]:.2f}",
-        f"command: {' '.join(sys.argv if argv is None else ['census_table.py', *argv])}",
+        f"command: {shlex.join(sys.argv if argv is None else ['census_table.py', *argv])}",
         f"training: Adam, lr {args.lr:g}, batch {args.batch_size}, {args.epochs} epochs, patience "
         f"{args.patience}, seeds 0..{args.seeds - 1}, data seed 0"
         + (" (QUICK: row sample)" if args.quick else ""),

@@ -100,3 +100,8 @@ def test_quick_run_writes_the_table_with_both_tools(shared_data_dir: Path, tmp_p
             assert math.isfinite(auc) and 0.0 <= auc <= 1.0, (run["tool"], task, auc)
     for tool, summary in report["summary"].items():
         assert all(math.isfinite(v) for v in summary.values()), (tool, summary)
+    # the same network: with batch norm and the embedding init mirrored (the script's
+    # defaults), mtlsearch's PLE has exactly torch-rechub's trainable parameter count
+    params = {r["tool"]: r["n_params"] for r in report["runs"]}
+    assert params["mtlsearch"] == params["torch-rechub"], params
+    assert report["settings"]["norm"] == "batch" and report["settings"]["embed_init_std"] == 1e-4
