@@ -82,3 +82,36 @@ def test_an_example_of_one_row_is_refused(trained, tmp_path):
             tmp_path / "never",
         )
     assert not (tmp_path / "never").exists()
+
+
+def test_a_batch_norm_network_exports_with_its_running_statistics(tmp_path):
+    """Eval-mode batch norm is a fixed affine map: the program must give one row the same
+    prediction as the network does, whatever batch it came in."""
+    from mtlsearch.arch import (
+        ArchConfig,
+        CategoricalFeature,
+        InputSpec,
+        LevelConfig,
+        TaskSpec,
+        TowerConfig,
+        build_model,
+    )
+
+    level = {"n_shared": 2, "n_specific": (1, 1), "expert_hidden": (8,), "norm": "batch"}
+    config = ArchConfig(
+        inputs=InputSpec(n_numeric=3, categorical=(CategoricalFeature("c", 50, 4),), embed_init_std=0.01),
+        tasks=(TaskSpec("a", "binary"), TaskSpec("b", "binary")),
+        levels=(LevelConfig(**level, shared_gate=True), LevelConfig(**level)),
+        towers=(TowerConfig(hidden=(4,), norm="batch"),) * 2,
+    )
+    network = build_model(config, seed=0).train()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):  # move the running statistics away from 0 / 1
+        network(torch.randn(64, 3, generator=gen) * 3 + 1, torch.randint(0, 50, (64, 1), generator=gen))
+    network.eval()
+    model = ServingModel(network)
+    x = serving_input(torch.randn(10, 3, generator=gen), torch.randint(0, 50, (10, 1), generator=gen))
+    out = save_serving(model, x, serving_schema(network), tmp_path / "serving")
+    program = torch.export.load(str(out)).module()
+    torch.testing.assert_close(program(x[:1]), model(x)[:1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(program(x), model(x), rtol=1e-5, atol=1e-6)
