@@ -153,3 +153,13 @@ def test_config_round_trip_and_errors_for_norm_and_embed_init_std():
     data["inputs"]["embed_init_std"] = 0
     with pytest.raises(ConfigError, match=r"inputs\.embed_init_std: must be a number > 0"):
         ArchConfig.from_dict(data)
+
+
+def test_embed_init_std_written_the_yaml_way_is_a_number():
+    """PyYAML reads ``1e-4`` (no dot) as a string; the config must still take it."""
+    data = _arch().to_dict()
+    data["inputs"]["embed_init_std"] = "1e-4"
+    assert ArchConfig.from_dict(data).inputs.embed_init_std == 1e-4
+    data["inputs"]["embed_init_std"] = "small"
+    with pytest.raises(ConfigError, match=r"inputs\.embed_init_std: expected a number, got 'small'"):
+        ArchConfig.from_dict(data)

@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 
 import yaml
 
-from mtlsearch._errors import UserError
+from mtlsearch._errors import UserError, as_float
 
 TaskKind = Literal["binary", "regression", "multiclass"]
 GateSelect = Literal["own+shared", "shared", "all"]
@@ -309,7 +309,9 @@ class ArchConfig:
                 _build(CategoricalFeature, c, f"inputs.categorical[{i}]")
                 for i, c in enumerate(_expect_list(inputs_raw.get("categorical", []), "inputs.categorical"))
             ),
-            embed_init_std=inputs_raw.get("embed_init_std", 1.0),
+            embed_init_std=as_float(
+                inputs_raw.get("embed_init_std", 1.0), "inputs.embed_init_std", ConfigError
+            ),
         )
         levels = []
         for i, lv in enumerate(_expect_list(data["levels"], "levels")):

@@ -51,7 +51,6 @@ class BatchedMLP(nn.Module):
     ) -> None:
         super().__init__()
         self.n = n
-        self.norm = norm
         self.widths = tuple(widths)
         self.act = ACTIVATION_FNS[activation]
         self.dropout = dropout
@@ -74,20 +73,14 @@ class BatchedMLP(nn.Module):
         self.reset_parameters()
 
     def _batch_norm(self, x: Tensor, i: int) -> Tensor:
-        """Normalise ``(B, n * out)`` with layer ``i``'s statistics.
-
-        A training batch of one row has no variance to normalise by; it uses the running
-        statistics instead of failing (a last batch of one row is a data-size accident).
-        """
-        return nn.functional.batch_norm(
+        """Normalise ``(B, n * out)`` with layer ``i``'s statistics."""
+        return row_safe_batch_norm(
             x,
             getattr(self, f"running_mean_{i}"),
             getattr(self, f"running_var_{i}"),
             self.norm_weights[i],
             self.norm_biases[i],
-            training=self.training and x.shape[0] > 1,
-            momentum=0.1,
-            eps=1e-5,
+            self.training,
         )
 
     def reset_parameters(self) -> None:
@@ -102,9 +95,10 @@ class BatchedMLP(nn.Module):
 
         ``x`` is ``(B, in)`` read by every MLP, ``(n, B, in)`` one input per MLP, or a list
         of ``(B, in)`` inputs with ``groups`` saying how many consecutive MLPs read each
-        (a level's experts grouped by the task or shared input they read). The first two
-        forms of a first layer are one GEMM per input, written side by side into one
-        ``(B, n * out)`` tensor, so the inputs are never stacked or gathered per expert.
+        (a level's experts grouped by the task or shared input they read). In the shared
+        and the grouped form the first layer is one GEMM per input, written side by side
+        into one ``(B, n * out)`` tensor, so the inputs are never stacked or gathered per
+        expert.
         """
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
@@ -145,16 +139,38 @@ class BatchedMLP(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
+def row_safe_batch_norm(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    training: bool,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """``F.batch_norm`` that normalises a one-row training batch with the running
+    statistics instead of raising (a last batch of one row is a data-size accident, and
+    one row has no variance to normalise by)."""
+    return nn.functional.batch_norm(
+        x, running_mean, running_var, weight, bias, training and x.shape[0] > 1, momentum, eps
+    )
+
+
 class RowSafeBatchNorm(nn.BatchNorm1d):
-    """``BatchNorm1d`` that normalises a one-row training batch with the running statistics
-    (plain batch norm raises on it; a last batch of one row is a data-size accident)."""
+    """``BatchNorm1d`` (for a gate's logits) through :func:`row_safe_batch_norm`."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and x.shape[0] == 1:
-            return nn.functional.batch_norm(
-                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
-            )
-        return super().forward(x)
+        return row_safe_batch_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training,
+            self.momentum,
+            self.eps,
+        )
 
 
 class InputEncoder(nn.Module):

@@ -75,8 +75,7 @@ class ExtractionLevel(nn.Module):
         if self.first:
             return self.experts(inputs[0])  # every expert reads the raw input: one GEMM
         # Experts are ordered by the input they read (task 0's, ..., shared): one GEMM per input.
-        groups = self._input_groups[: len(inputs)]
-        return self.experts(inputs[: len(groups)], groups)
+        return self.experts(inputs, self._input_groups[: len(inputs)])
 
     def _weights(self, i: int, spec: _GateSpec, inputs: list[Tensor], raw: Tensor) -> Tensor:
         """Dense mixing weights (B, E): zero outside the gate's selection."""

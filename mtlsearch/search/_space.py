@@ -27,7 +27,7 @@ from typing import Any, get_args
 
 import yaml
 
-from mtlsearch._errors import UserError
+from mtlsearch._errors import UserError, as_float
 from mtlsearch.arch import (
     ACTIVATIONS,
     PRESETS,
@@ -354,12 +354,14 @@ class SearchSpace:
                         f"{self.source}: level.{key}: unknown choice {v!r}; "
                         f"the builder knows {list(_VOCAB[key])}"
                     )
-        for key, vocab in (("activation", ACTIVATIONS), ("norm", get_args(Norm))):
+        for key in ("activation", "norm"):
             for v in self.tower[key].values():
-                if v not in vocab:
-                    raise UserError(f"{self.source}: tower.{key}: unknown choice {v!r}; known {list(vocab)}")
+                if v not in _VOCAB[key]:
+                    raise UserError(
+                        f"{self.source}: tower.{key}: unknown choice {v!r}; known {list(_VOCAB[key])}"
+                    )
         for v in self.embed_init_std.values() if self.embed_init_std else ():
-            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+            if as_float(v, f"{self.source}: embed_init_std") <= 0:
                 raise UserError(f"{self.source}: embed_init_std: needs numbers > 0, got {v!r}")
         for v in self.levels.values():
             if not isinstance(v, int) or v < 1:

@@ -8,7 +8,6 @@ schema of an experiment is ``{model: <ArchConfig>, training: <TrainConfig>}``; i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from mtlsearch._errors import UserError
+from mtlsearch._errors import UserError, as_float
 from mtlsearch.arch import ArchConfig, InputSpec, TaskSpec
 
 #: The optimisers a config may name. A table, so adding one is one entry.
@@ -25,21 +24,6 @@ OPTIMIZERS: dict[str, str] = {"adam": "Adam", "adamw": "AdamW"}
 
 def _fail(path: str, msg: str) -> None:
     raise UserError(f"{path}: {msg}")
-
-
-def _as_float(value: Any, path: str) -> float:
-    # PyYAML reads "1e-3" (no dot) as a string: accept numeric strings so that the
-    # natural way of writing a learning rate works.
-    if isinstance(value, bool):
-        _fail(path, f"expected a number, got {value!r}")
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            _fail(path, f"expected a number, got {value!r}")
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        _fail(path, f"expected a finite number, got {value!r}")
-    return float(value)
 
 
 def _as_int(value: Any, path: str, minimum: int) -> int:
@@ -92,7 +76,7 @@ class LossWeightingConfig:
             values = _expect_mapping(getattr(self, name), f"{path}.{name}")
             if values and name not in accepted:
                 _fail(f"{path}.{name}", f"not used by method {self.method!r}")
-            clean = {str(k): _as_float(v, f"{path}.{name}.{k}") for k, v in values.items()}
+            clean = {str(k): as_float(v, f"{path}.{name}.{k}") for k, v in values.items()}
             for k, v in clean.items():
                 if name == "weights" and v < 0:
                     _fail(f"{path}.weights.{k}", f"must be >= 0, got {v}")
@@ -167,10 +151,10 @@ class TrainConfig:
                 f"{p}.optimizer",
                 f"unknown optimizer {self.optimizer!r}; expected one of {sorted(OPTIMIZERS)}",
             )
-        lr = _as_float(self.lr, f"{p}.lr")
+        lr = as_float(self.lr, f"{p}.lr")
         if lr <= 0:
             _fail(f"{p}.lr", f"must be > 0, got {lr}")
-        wd = _as_float(self.weight_decay, f"{p}.weight_decay")
+        wd = as_float(self.weight_decay, f"{p}.weight_decay")
         if wd < 0:
             _fail(f"{p}.weight_decay", f"must be >= 0, got {wd}")
         object.__setattr__(self, "lr", lr)
