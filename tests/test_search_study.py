@@ -250,3 +250,45 @@ def test_hypervolume_of_a_known_front(tmp_path):
     # 0.4*0.5 + 0.2*0.8 - 0.2*0.5 = 0.26
     assert hypervolume(study.get_trials(), OBJS, ref) == pytest.approx(0.26)
     assert len(pareto_front(study, OBJS)) == 2
+
+
+def test_ctrl_c_while_optuna_records_a_trial_is_an_interrupt_and_releases_the_trial(tmp_path, monkeypatch):
+    """Optuna 5's _run_trial replaces a KeyboardInterrupt that lands in its bookkeeping with
+    an UnboundLocalError from its ``finally`` and leaves the trial RUNNING. The worker must
+    raise the interrupt (the CLI exits 130) and fail the trial so that a resume retries it
+    at once instead of waiting for the heartbeat's grace period."""
+    import optuna.study._optimize as optimize_module
+
+    from mtlsearch.search._study import interrupt_behind
+
+    def interrupted_tell(**kwargs):
+        raise KeyboardInterrupt
+
+    ctx = create_or_resume("k", _url(tmp_path), _settings(n_trials=2, enqueue_references=False))
+    monkeypatch.setattr(optimize_module, "_tell_with_warning", interrupted_tell)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(ctx)
+    monkeypatch.undo()
+    first = ctx.study.get_trials()[0]
+    assert first.state == TrialState.FAIL and "fail_reason" not in first.user_attrs  # retried, not counted
+    assert count_finished(ctx.study) == 0
+    resumed = create_or_resume("k", _url(tmp_path), _settings(n_trials=2, enqueue_references=False))
+    run_worker(resumed)
+    assert count_finished(resumed.study) == 2
+    assert interrupt_behind(ValueError("a failing trial")) is None
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_trial_lost_before_its_objective_started_is_retried_not_waited_for(tmp_path, monkeypatch):
+    """A Ctrl-C between Optuna's ask and the objective leaves a RUNNING trial with no
+    heartbeat and no worker; a resumed search must retry it after the grace period rather
+    than wait for it forever."""
+    monkeypatch.setenv("MTLSEARCH_GRACE_PERIOD", "1")
+    ctx = create_or_resume("o", _url(tmp_path), _settings(n_trials=3, enqueue_references=False))
+    orphan = ctx.study.ask()  # takes a ticket, as _run_trial's ask does, then "dies"
+    time.sleep(1.2)  # past the grace period
+    run_worker(ctx, timeout=60, poll=0.1)
+    trials = ctx.study.get_trials()
+    assert trials[orphan.number].state == TrialState.FAIL
+    assert "fail_reason" not in trials[orphan.number].user_attrs  # lost, not a failure of its own
+    assert count_finished(ctx.study) == 3

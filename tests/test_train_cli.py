@@ -99,3 +99,23 @@ def test_example_config_round_trips_through_the_checkpoint(small_config, tmp_pat
     saved = ExperimentConfig.load(out_dir / "config.yaml")
     # the saved config is complete: it trains again without the dataset filling anything in
     assert saved.model.inputs.n_numeric == 8 and saved.model.levels[0].shared_gate
+
+
+def test_ctrl_c_exits_130_even_with_a_thread_that_never_stops():
+    """Optuna's heartbeat thread is not a daemon; a Ctrl-C that lands while it starts
+    leaves it running, and the CLI must still exit (130) instead of waiting for it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "import mtlsearch.cli as cli\n"
+        "threading.Thread(target=threading.Event().wait).start()\n"
+        "def interrupted(**kwargs):\n"
+        "    raise KeyboardInterrupt\n"
+        "cli.app = interrupted\n"
+        "cli.main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "interrupted" in proc.stderr

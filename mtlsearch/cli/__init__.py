@@ -6,8 +6,11 @@ the library imports this package.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import sys
+import threading
 
 import typer
 
@@ -50,8 +53,7 @@ def main() -> None:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.secho("interrupted", err=True, fg=typer.colors.YELLOW)
-        sys.exit(130)
+        _exit_interrupted("interrupted")
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -65,5 +67,22 @@ def main() -> None:
     # Typer turns Ctrl-C into a return value of 130 when not in standalone mode.
     if isinstance(result, int) and result:
         if result == 130:
-            typer.secho("interrupted; run the same command again to resume", err=True, fg=typer.colors.YELLOW)
+            _exit_interrupted("interrupted; run the same command again to resume")
         sys.exit(result)
+
+
+def _exit_interrupted(message: str) -> None:
+    """Exit 130 after Ctrl-C, even when a worker thread cannot be stopped.
+
+    Optuna's heartbeat thread is not a daemon; a Ctrl-C that lands while it is being
+    started leaves it beating forever, and a plain exit would wait for it. Then the exit
+    handlers are run by hand and the process ends without joining it.
+    """
+    typer.secho(message, err=True, fg=typer.colors.YELLOW)
+    stray = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if not stray:
+        sys.exit(130)
+    atexit._run_exitfuncs()  # MLflow ends its runs, logging flushes
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)

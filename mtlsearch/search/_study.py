@@ -14,6 +14,7 @@ the RDB heartbeat; its trial is FAILed and re-enqueued as a fresh ticket
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -47,6 +48,7 @@ FAIL_ATTR = "fail_reason"
 CONFIG_ATTR = "config"
 HEARTBEAT_INTERVAL = 10  # seconds
 GRACE_PERIOD = 30
+WORKER_ATTR = "worker"
 
 
 # ---- samplers (a registry, so a new one is one entry) ---------------------------------------
@@ -87,6 +89,15 @@ def default_storage_url() -> str:
     return f"sqlite:///{Path.cwd() / 'mtlsearch.db'}"
 
 
+def _heartbeat_interval() -> int:
+    return int(os.environ.get("MTLSEARCH_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL))
+
+
+def _grace_period() -> int:
+    """Seconds without a sign of life after which a running trial counts as lost."""
+    return int(os.environ.get("MTLSEARCH_GRACE_PERIOD", max(GRACE_PERIOD, 3 * _heartbeat_interval())))
+
+
 def open_storage(url: str, heartbeat: bool = True) -> BaseStorage:
     """An Optuna storage for a URL: RDB (SQLite, PostgreSQL, MySQL) with heartbeats and
     retry of dead workers' trials, or Redis (journal storage, no heartbeat)."""
@@ -104,8 +115,8 @@ def open_storage(url: str, heartbeat: bool = True) -> BaseStorage:
             if heartbeat:
                 # A dead worker's trial is failed after ``grace`` seconds without a heartbeat
                 # and re-enqueued (retried) up to 3 times.
-                interval = int(os.environ.get("MTLSEARCH_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL))
-                grace = int(os.environ.get("MTLSEARCH_GRACE_PERIOD", max(GRACE_PERIOD, 3 * interval)))
+                interval = _heartbeat_interval()
+                grace = _grace_period()
                 retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
                 kwargs = dict(
                     heartbeat_interval=interval,
@@ -379,6 +390,9 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
         if not trial.user_attrs.get(TICKET_ATTR):
             trial.set_user_attr("surplus", True)
             raise _Surplus("no ticket left: another worker took the last one")
+        # First thing: a RUNNING trial without a worker was lost between Optuna's ask and
+        # this line (see _fail_orphans).
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         try:
             name = trial.user_attrs.get(PRESET_ATTR)
             if name:
@@ -388,7 +402,6 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
             training = TrainConfig.from_dict({**config.training.to_dict(), "seed": ctx.settings.seed})
             config = ExperimentConfig(model=config.model, training=training)
             trial.set_user_attr(CONFIG_ATTR, config.to_dict())
-            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
             for obs in ctx.observers:
                 obs.on_trial_start(trial, config)
             callbacks: list[Callable[[Any], None]] = [PruningCallback(trial, ctx.objectives, ctx.pruning)]
@@ -428,7 +441,13 @@ def run_worker(ctx: SearchContext, timeout: float | None = None, poll: float = 2
     Returns the number of trials this worker ran.
     """
     study = ctx.study
-    objective = make_objective(ctx)
+    run_trial = make_objective(ctx)
+    running: list[int] = []  # the number of the trial this worker is in
+
+    def objective(trial: optuna.Trial) -> Sequence[float]:
+        running[:] = [trial.number]
+        return run_trial(trial)
+
     start = time.monotonic()
     ran = 0
 
@@ -445,6 +464,8 @@ def run_worker(ctx: SearchContext, timeout: float | None = None, poll: float = 2
             with warnings.catch_warnings():  # experimental since 2.9, stable in practice
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
+        if _fail_orphans(study):
+            _top_up_tickets(ctx)  # their tickets go back into the budget
         counts = _state_counts(study)
         if count_finished(study) >= ctx.settings.n_trials:
             break
@@ -454,16 +475,68 @@ def run_worker(ctx: SearchContext, timeout: float | None = None, poll: float = 2
                 break
             time.sleep(poll)  # others are running; one may die and be re-enqueued
             continue
-        study.optimize(
-            objective,
-            n_trials=1,
-            catch=(Exception,),
-            callbacks=[after_trial],
-            gc_after_trial=False,
-            show_progress_bar=False,
-        )
+        try:
+            study.optimize(
+                objective,
+                n_trials=1,
+                catch=(Exception,),
+                callbacks=[after_trial],
+                gc_after_trial=False,
+                show_progress_bar=False,
+            )
+        except BaseException as exc:
+            # A Ctrl-C that lands while Optuna 5 records a trial is replaced by an
+            # UnboundLocalError from its `finally` and can leave the trial RUNNING. The user
+            # pressed Ctrl-C: release the trial (failed without a reason of its own, so it
+            # is retried, as Optuna does for a Ctrl-C inside the objective) and say so; the
+            # CLI exits 130 and the same command resumes without waiting for a heartbeat.
+            interrupt = interrupt_behind(exc)
+            if interrupt is None:
+                raise
+            _release(study, running)
+            raise interrupt from None
         ran += 1
     return ran
+
+
+def _fail_orphans(study: optuna.Study) -> int:
+    """Fail (for retry) RUNNING trials that no worker ever took up.
+
+    A Ctrl-C or a crash between Optuna's ``ask`` and the start of the objective leaves a
+    trial RUNNING with no heartbeat, which Optuna never finds stale: without this, a
+    resumed search would wait for it forever. Such a trial has no worker attribute; after
+    the grace period it cannot be one that is merely starting.
+    """
+    now, failed = datetime.datetime.now(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = t.datetime_start
+        if WORKER_ATTR in t.user_attrs or started is None:
+            continue
+        if (now - started).total_seconds() > _grace_period():
+            logger.info("trial %d was never taken up by a worker; failed for retry", t.number)
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            failed += 1
+    return failed
+
+
+def _release(study: optuna.Study, numbers: Sequence[int]) -> None:
+    for number in numbers:
+        try:
+            study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        except Exception as exc:  # the storage may be what the interrupt broke
+            logger.warning("could not release interrupted trial %d: %s", number, exc)
+
+
+def interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt in ``exc``'s chain of causes and contexts, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def settings_of(study: optuna.Study) -> SearchSettings:
