@@ -27,3 +27,13 @@ def as_float(value: Any, path: str, error: type[UserError] = UserError) -> float
     if not isinstance(value, int | float) or not math.isfinite(value):
         raise error(f"{path}: expected a finite number, got {value!r}")
     return float(value)
+
+
+class StorageUnavailable(Exception):
+    """The study storage (database, Redis) stayed out of reach for longer than the retry
+    window. The CLI prints the message on one line and exits with :data:`EXIT_UNAVAILABLE`;
+    the worker's running trial is recovered by the other workers once its lease expires."""
+
+
+#: Exit status after giving up on an unreachable service (sysexits' EX_TEMPFAIL: try again).
+EXIT_UNAVAILABLE = 75

@@ -146,9 +146,9 @@ def test_norm_and_embedding_init_are_searchable_and_reach_the_config():
         "levels: 2\n"
         "level: {n_shared: 1, n_specific: 1, norm: {choice: [none, batch]}}\n"
         "tower: {norm: {choice: [none, batch]}}\n"
-        "embed_init_std: {choice: [1.0, 1e-4]}\n"  # 1e-4: a string to PyYAML
+        "embed_init_std: {choice: [1.0, 1e-4]}\n"  # 1e-4: a float (YAML 1.2), not PyYAML's string
     )
-    params = {"l0.norm": "batch", "l1.norm": "none", "tower.norm": "batch", "embed_init_std": "1e-4"}
+    params = {"l0.norm": "batch", "l1.norm": "none", "tower.norm": "batch", "embed_init_std": 1e-4}
     cfg = space.suggest(FixedTrial(params), INPUTS, TASKS, "conditional").model
     assert [lv.norm for lv in cfg.levels] == ["batch", "none"]
     assert {t.norm for t in cfg.towers} == {"batch"}

@@ -17,9 +17,8 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
-
 from mtlsearch._errors import UserError, as_float
+from mtlsearch._yaml import dump_yaml, load_yaml, read_yaml_file
 
 TaskKind = Literal["binary", "regression", "multiclass"]
 GateSelect = Literal["own+shared", "shared", "all"]
@@ -334,11 +333,13 @@ class ArchConfig:
         )
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return dump_yaml(self.to_dict())
 
     @classmethod
-    def from_yaml(cls, text: str) -> ArchConfig:
-        return cls.from_dict(yaml.safe_load(text))
+    def from_yaml(cls, text: str, source: str = "<architecture>") -> ArchConfig:
+        """Parse with the tool's YAML rules (:mod:`mtlsearch._yaml`); a YAML error names
+        ``source``, a field error its path (``model.levels[0].n_shared``)."""
+        return cls.from_dict(load_yaml(text, source, what="architecture file"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -352,7 +353,14 @@ class ArchConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> ArchConfig:
-        return cls.from_yaml(Path(path).read_text())
+        """Read an architecture file (bare, or under a ``model:`` key); errors name the file."""
+        _, data = read_yaml_file(path, "architecture file")
+        if isinstance(data, Mapping) and "model" in data:
+            data = data["model"]
+        try:
+            return cls.from_dict(data)
+        except UserError as exc:
+            raise type(exc)(f"{path}: {exc}") from None
 
 
 # ---- helpers for (de)serialisation -------------------------------------------------------

@@ -9,12 +9,13 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import sys
 import threading
 
 import typer
 
-from mtlsearch._errors import UserError
+from mtlsearch._errors import EXIT_UNAVAILABLE, StorageUnavailable, UserError
 
 app = typer.Typer(
     name="mtlsearch",
@@ -45,18 +46,42 @@ def _register_commands() -> None:
 _register_commands()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds exactly like Ctrl-C: the running
+    trial is released for retry, observers close its MLflow run, the process exits 143."""
+
+
+_signalled: list[int] = []
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _signalled.append(signum)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up
+    raise Terminated()
+
+
 def main() -> None:
-    """Console-script entry point: user errors become one line on stderr and exit 2."""
+    """Console-script entry point: user errors become one line on stderr and exit 2;
+    Ctrl-C exits 130 and SIGTERM 143 after releasing running trials; a study storage that
+    stays unreachable exits 75 (EX_TEMPFAIL) with one line."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         result = app(standalone_mode=False)
     except UserError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(2)
+    except StorageUnavailable as exc:
+        typer.secho(f"error: {exc}; giving up (the running trial is retried by other workers)",
+                    err=True, fg=typer.colors.RED)  # fmt: skip
+        _exit_interrupted(None, EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
         _exit_interrupted("interrupted")
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
+        if _signalled:
+            _exit_interrupted("interrupted")
         sys.exit(1)
     except Exception as exc:  # usage errors: click's, or the copy typer >= 0.2x vendors
         show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
@@ -71,18 +96,22 @@ def main() -> None:
         sys.exit(result)
 
 
-def _exit_interrupted(message: str) -> None:
-    """Exit 130 after Ctrl-C, even when a worker thread cannot be stopped.
+def _exit_interrupted(message: str | None, code: int | None = None) -> None:
+    """Exit 130 after Ctrl-C (143 after SIGTERM), even when a thread cannot be stopped.
 
-    Optuna's heartbeat thread is not a daemon; a Ctrl-C that lands while it is being
-    started leaves it beating forever, and a plain exit would wait for it. Then the exit
-    handlers are run by hand and the process ends without joining it.
+    A worker thread may still be inside a training step; a plain exit would wait for it.
+    Then the exit handlers are run by hand and the process ends without joining it.
     """
-    typer.secho(message, err=True, fg=typer.colors.YELLOW)
+    if code is None:
+        code = 128 + signal.SIGTERM if _signalled else 130
+        if _signalled and message:
+            message = message.replace("interrupted", "terminated (SIGTERM)", 1)
+    if message:
+        typer.secho(message, err=True, fg=typer.colors.YELLOW)
     stray = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     if not stray:
-        sys.exit(130)
+        sys.exit(code)
     atexit._run_exitfuncs()  # MLflow ends its runs, logging flushes
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(130)
+    os._exit(code)

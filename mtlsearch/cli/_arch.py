@@ -17,17 +17,9 @@ arch_app = typer.Typer(help="Inspect architecture configs and presets.", no_args
 @arch_app.command("show")
 def show(config: Path = typer.Argument(..., help="Architecture YAML (a 'model:' section or bare).")) -> None:
     """Validate an architecture file and print its levels, experts and parameter count."""
-    import yaml
-
     if not config.is_file():
         raise UserError(f"{config}: no such file")
-    data = yaml.safe_load(config.read_text())
-    if isinstance(data, dict) and "model" in data:
-        data = data["model"]
-    try:
-        cfg = ArchConfig.from_dict(data)
-    except UserError as exc:
-        raise UserError(f"{config}: {exc}") from None
+    cfg = ArchConfig.load(config)  # size-capped, alias-free read; errors name the file
     model = build_model(cfg, seed=0)
     table = Table(title=f"{cfg.name}: {count_parameters(model):,} parameters")
     for col in ("level", "shared", "specific", "widths", "select", "shared gate", "gate"):

@@ -7,11 +7,11 @@ import math
 from pathlib import Path
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from mtlsearch._errors import UserError
+from mtlsearch._yaml import option_value
 from mtlsearch.data import BUILTIN_DATASETS, describe, load_dataset
 from mtlsearch.data._describe import SPLITS, DatasetDescription, TaskSplitSummary
 
@@ -19,16 +19,14 @@ data_app = typer.Typer(help="Inspect datasets: built-in ones and dataset spec fi
 
 
 def parse_options(pairs: list[str]) -> dict[str, object]:
-    """``key=value`` pairs; values are read as YAML scalars (``group=2`` is the int 2)."""
+    """``key=value`` pairs; values are read as YAML scalars (``group=2`` is the int 2,
+    ``frac=1e-3`` the float), text that is not YAML stays text."""
     out: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set {pair!r}: expected key=value")
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            out[key.strip()] = value
+        out[key.strip()] = option_value(value, f"--option {key.strip()}")
     return out
 
 

@@ -23,14 +23,14 @@ console = Console(stderr=True)
 
 def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
     """``--data-option key=value`` pairs; values parsed as YAML scalars (1 -> int, 0.5 -> float)."""
-    import yaml
+    from mtlsearch._yaml import option_value
 
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise UserError(f"--data-option {pair!r}: expected key=value")
-        out[key] = yaml.safe_load(value)
+            raise UserError(f"--option {pair!r}: expected key=value")
+        out[key] = option_value(value, f"--option {key}")
     return out
 
 
@@ -92,7 +92,15 @@ def quiet_libraries() -> None:
 
 
 def _run(ctx: Any, n_jobs: int, timeout: float | None, quiet: bool) -> None:
+    """Run ``n_jobs`` workers in this process until the budget is used up.
+
+    With several workers (threads) an interrupt lands in the main thread, which is only
+    waiting: it stops the loops, releases every trial this process runs (so that they are
+    retried at once) and re-raises; the CLI then exits without waiting for the trainers.
+    """
     from mtlsearch.search import run_worker
+    from mtlsearch.search._study import make_objective
+    from mtlsearch.search._worker import TrialRunner
 
     if n_jobs > 1:  # split the cores between in-process workers
         import torch
@@ -111,17 +119,65 @@ def _run(ctx: Any, n_jobs: int, timeout: float | None, quiet: bool) -> None:
     with progress:
         task_id = progress.add_task(ctx.study.study_name, total=ctx.settings.n_trials, status="")
         ctx.observers.append(ProgressObserver(progress, task_id, ctx))
+        runner = TrialRunner(ctx, make_objective(ctx))
         if n_jobs == 1:
-            run_worker(ctx, timeout=timeout)
-        else:
-            threads = [
-                threading.Thread(target=run_worker, args=(ctx,), kwargs={"timeout": timeout})
-                for _ in range(n_jobs)
-            ]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            run_worker(ctx, timeout=timeout, runner=runner)
+            return
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                run_worker(ctx, timeout=timeout, runner=runner, stop=stop)
+            except BaseException as exc:  # surfaced by the main thread
+                errors.append(exc)
+                stop.set()
+
+        threads = [threading.Thread(target=work, daemon=True, name=f"worker-{i}") for i in range(n_jobs)]
+        for t in threads:
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(timeout=0.5)
+        except BaseException:
+            stop.set()
+            runner.release_all()
+            raise
+        if errors:
+            raise errors[0]
+
+
+def _failure_summary(study: optuna.Study) -> str | None:
+    """One line per distinct failure reason when no trial of the study completed."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        return None
+    reasons: dict[str, int] = {}
+    for t in trials:
+        reason = t.user_attrs.get("fail_reason")
+        if t.state == TrialState.FAIL and reason:
+            first = str(reason).splitlines()[0][:200]
+            reasons[first] = reasons.get(first, 0) + 1
+    if not reasons:
+        return None
+    lines = [f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
+    return (
+        f"every trial of study {study.study_name} failed ({sum(reasons.values())}): "
+        + "; ".join(lines[:5])
+        + (f"; and {len(lines) - 5} other reasons" if len(lines) > 5 else "")
+        + " (tracebacks: trial attribute fail_traceback, or run with -v)"
+    )
+
+
+def _finish(ctx: Any, print_front: bool = True) -> None:
+    """Print the front; exit 1 with a summary when every trial failed."""
+    summary = _failure_summary(ctx.study)
+    if summary is not None:
+        typer.secho(f"error: {summary}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
+    if print_front:
+        _print_front(ctx.study, ctx.objectives)
 
 
 def _attach_tracking(
@@ -191,21 +247,24 @@ def search(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Run (or resume) a multi-objective architecture search."""
-    from mtlsearch.search import SearchSettings, create_or_resume, default_storage_url
+    from mtlsearch.search import SearchSettings, SearchSpace, create_or_resume, default_storage_url
 
     if (dataset is None) == (data is None):
         if dataset is None and data is None:
             raise UserError("give --dataset NAME or --data SPEC")
         raise UserError("give either --dataset or --data, not both")
+    if n_jobs < 1:
+        raise UserError(f"--n-jobs: must be >= 1, got {n_jobs}")
     if not space.is_file():
         raise UserError(f"--space {space}: no such file")
+    parsed = SearchSpace.read(space)  # size cap, no aliases, every value checked
     if data is not None and not data.is_file():
         raise UserError(f"--data {data}: no such file")
     source = dataset or str(data.resolve())  # type: ignore[union-attr]
     name = study_name or f"{space.stem}-{Path(source).stem}"
     settings = SearchSettings(
-        space_text=space.read_text(),
-        space_source=str(space),
+        space_text=parsed.text,
+        space_source=parsed.source,
         dataset=source,
         dataset_options=_parse_options(data_option),
         data_dir=str(data_dir.resolve()) if data_dir else None,
@@ -223,7 +282,7 @@ def search(
     _attach_tracking(ctx, tracking_uri, not no_mlflow, storage_url)
     console.print(f"study [bold]{name}[/] in {storage_url} · objectives {[o.name for o in ctx.objectives]}")
     _run(ctx, n_jobs, timeout, quiet)
-    _print_front(ctx.study, ctx.objectives)
+    _finish(ctx)
 
 
 def worker(
@@ -244,6 +303,7 @@ def worker(
     ctx = join(study_name, storage, seed=seed)
     _attach_tracking(ctx, tracking_uri, not no_mlflow, storage)
     _run(ctx, 1, timeout, quiet)
+    _finish(ctx, print_front=False)
 
 
 def front(

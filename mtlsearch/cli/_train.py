@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from mtlsearch._errors import UserError
+from mtlsearch._yaml import option_value, read_yaml_file, require_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _parse_options(options: list[str] | None) -> dict[str, Any]:
         key, sep, value = opt.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--option {opt!r}: expected KEY=VALUE")
-        parsed[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        parsed[key.strip()] = option_value(value, f"--option {key.strip()}")
     return parsed
 
 
@@ -88,10 +88,10 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train one experiment config, print the per-task table, write a checkpoint directory."""
-    from mtlsearch.train import ExperimentConfig, TrainConfig, fit, save_checkpoint
+    from mtlsearch.train import ExperimentConfig, TrainConfig, TrainingDiverged, fit, save_checkpoint
 
     # Fail on a bad training section before the data load, which can take a while.
-    raw = _read_yaml_mapping(config)
+    raw = _read_yaml_mapping(config, "experiment config")
     try:
         TrainConfig.from_dict(raw.get("training"))
     except UserError as exc:
@@ -101,7 +101,12 @@ def train(
         raise UserError(f"{out}: already exists; pass --overwrite or choose another --out")
     ds = _load_data(data, dataset, data_dir, option, data_seed)
     experiment = ExperimentConfig.load(config, inputs=ds.input_spec(), tasks=ds.tasks)
-    result = fit(experiment, ds, progress=not quiet)
+    try:
+        result = fit(experiment, ds, progress=not quiet)
+    except TrainingDiverged as exc:
+        # Bad settings, not a bug: one line, exit 2, and nothing written (the checkpoint
+        # is saved only after a finished fit).
+        raise UserError(f"{config}: {exc}; {_divergence_hint(experiment.training)}") from None
     console = _console()
     title = (
         f"{experiment.model.name} on {ds.name}: best epoch {result.best_epoch + 1} of "
@@ -112,6 +117,11 @@ def train(
         console.print(_utilisation_table(result.utilisation))
     path = save_checkpoint(result, ds, out, overwrite=overwrite)
     console.print(f"checkpoint: {path}")
+
+
+def _divergence_hint(training: Any) -> str:
+    """What to change when training blows up: the learning rate first, by far the usual cause."""
+    return f"try a lower training.lr (now {training.lr:g})"
 
 
 def _write_table(frame: Any, path: Path) -> None:
@@ -182,11 +192,11 @@ def baselines(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train single-task models and MTL presets with the same budget; report gains and seesaw."""
-    from mtlsearch.train import BaselineReport, TrainConfig, run_baselines
+    from mtlsearch.train import BaselineReport, TrainConfig, TrainingDiverged, run_baselines
 
     train_raw: dict[str, Any] = {}
     if training is not None:
-        train_raw = _read_yaml_mapping(training)
+        train_raw = _read_yaml_mapping(training, "training file")
         train_raw = train_raw.get("training", train_raw)
     if epochs is not None:
         train_raw = {**train_raw, "epochs": epochs}
@@ -194,18 +204,24 @@ def baselines(
         train_cfg = TrainConfig.from_dict(train_raw)
     except UserError as exc:
         raise UserError(f"{training or '--epochs'}: {exc}") from None
-    size_args = _read_yaml_mapping(sizes) if sizes is not None else {}
+    size_args = _read_yaml_mapping(sizes, "sizes file") if sizes is not None else {}
     size_args = {k: tuple(v) if isinstance(v, list) else v for k, v in size_args.items()}
     ds = _load_data(data, dataset, data_dir, option, data_seed)
-    report: BaselineReport = run_baselines(
-        ds,
-        train_cfg,
-        presets=[p.strip() for p in presets.split(",") if p.strip()],
-        sizes=size_args,
-        seeds=_int_list(seeds, "--seeds") if seeds else None,
-        progress=not quiet,
-        on_run=lambda r: logger.info("%s (seed %d): %s", r.model, r.seed, {t: m for t, m in r.test.items()}),
-    )
+    try:
+        report: BaselineReport = run_baselines(
+            ds,
+            train_cfg,
+            presets=[p.strip() for p in presets.split(",") if p.strip()],
+            sizes=size_args,
+            seeds=_int_list(seeds, "--seeds") if seeds else None,
+            progress=not quiet,
+            on_run=lambda r: logger.info(
+                "%s (seed %d): %s", r.model, r.seed, {t: m for t, m in r.test.items()}
+            ),
+        )
+    except TrainingDiverged as exc:
+        prefix = f"{training}: " if training is not None else ""
+        raise UserError(f"{prefix}{exc}; {_divergence_hint(train_cfg)}") from None
     console = _console()
     console.print(_baseline_table(report))
     if out is not None:
@@ -214,16 +230,12 @@ def baselines(
         console.print(f"report: {out}")
 
 
-def _read_yaml_mapping(path: Path) -> dict[str, Any]:
+def _read_yaml_mapping(path: Path, what: str = "YAML file") -> dict[str, Any]:
+    """A user's YAML file whose top level is a mapping (size-capped, alias-free)."""
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping at the top level")
-    return data
+    _, data = read_yaml_file(path, what)
+    return require_mapping(data, str(path), what)
 
 
 def _baseline_table(report: Any) -> Table:

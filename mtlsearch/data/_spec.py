@@ -31,9 +31,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-import yaml
-
 from mtlsearch._errors import UserError
+from mtlsearch._yaml import dump_yaml, read_yaml_file
 
 TaskKind = Literal["binary", "regression", "multiclass"]
 FileFormat = Literal["auto", "csv", "parquet"]
@@ -542,7 +541,7 @@ class DatasetSpec:
         )
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return dump_yaml(self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> DatasetSpec:
@@ -550,11 +549,7 @@ class DatasetSpec:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path}: no such spec file")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"{path}: not valid YAML ({first})") from None
+        _, data = read_yaml_file(path, "dataset spec")
         if data is None:
             raise UserError(f"{path}: the spec file is empty")
         if isinstance(data, Mapping) and set(data) == {"data"}:  # a 'data:' section

@@ -17,6 +17,7 @@ from mtlsearch.search._objectives import Objective, parse_objectives
 from mtlsearch.search._pick import PICK_RULES, Bound, Pick, PickRule, parse_pick, pick_trial
 from mtlsearch.search._pruning import DominancePruning
 from mtlsearch.search._space import SearchSpace
+from mtlsearch.search._storage import open_storage
 from mtlsearch.search._study import (
     CONFIG_ATTR,
     FAIL_ATTR,
@@ -30,10 +31,9 @@ from mtlsearch.search._study import (
     join,
     load_study,
     objectives_of,
-    open_storage,
-    run_worker,
     settings_of,
 )
+from mtlsearch.search._worker import run_worker
 
 __all__ = [
     "CONFIG_ATTR",

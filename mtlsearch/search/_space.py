@@ -25,9 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, get_args
 
-import yaml
-
 from mtlsearch._errors import UserError, as_float
+from mtlsearch._yaml import brief, load_yaml, read_yaml_file
 from mtlsearch.arch import (
     ACTIVATIONS,
     PRESETS,
@@ -151,37 +150,81 @@ class Choice(Param):
         return self.options[0]
 
 
+def _plain_value(v: Any) -> bool:
+    """A value Optuna can store and JSON can encode: YAML scalars (no dates) and lists of them."""
+    if isinstance(v, list | tuple):
+        return all(_plain_value(x) for x in v)
+    if isinstance(v, Mapping):
+        return all(isinstance(k, str) and _plain_value(x) for k, x in v.items())
+    return v is None or (isinstance(v, bool | int | str) or (isinstance(v, float) and math.isfinite(v)))
+
+
+def _bound(v: Any, path: str, integer: bool) -> int | float:
+    """A range bound: an integer for ``int`` ranges, any finite number for ``float`` ones
+    (numeric strings such as ``'1e-4'`` included, as everywhere user numbers are read)."""
+    if integer:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise UserError(f"{path}: expected an integer, got {brief(v)}")
+        return v
+    if isinstance(v, bool) or not isinstance(v, int | float | str) or (isinstance(v, str) and len(v) > 40):
+        raise UserError(f"{path}: expected a number, got {brief(v)}")
+    return as_float(v, path)
+
+
 def _parse_param(raw: Any, where: str) -> Param:
+    """One leaf: a constant, or ``{int|float|choice: ...}``; every malformed form is one
+    line naming the key, here rather than at the first trial (where it would be a traceback)."""
     if not isinstance(raw, Mapping):
+        if not _plain_value(raw):
+            raise UserError(f"{where}: expected a number, a string, true/false or a list, got {brief(raw)}")
         return Const(tuple(raw) if isinstance(raw, list) else raw)
     kinds = [k for k in ("int", "float", "choice") if k in raw]
     if len(kinds) != 1:
-        raise UserError(f"{where}: expected one of 'int', 'float', 'choice' (or a constant), got {dict(raw)}")
+        raise UserError(
+            f"{where}: expected one of 'int', 'float', 'choice' (or a constant), got {brief(dict(raw))}"
+        )
     kind = kinds[0]
     extra = set(raw) - {kind, "log", "step"}
     if extra:
-        raise UserError(f"{where}.{sorted(extra)[0]}: unknown key")
+        raise UserError(f"{where}.{sorted(map(str, extra))[0]}: unknown key")
     spec = raw[kind]
     if kind == "choice":
         if not isinstance(spec, list) or not spec:
-            raise UserError(f"{where}.choice: needs a non-empty list")
+            raise UserError(f"{where}.choice: needs a non-empty list of values, got {brief(spec)}")
+        for key in ("log", "step"):
+            if key in raw:
+                raise UserError(f"{where}.{key}: only int and float ranges take '{key}'")
+        for i, v in enumerate(spec):
+            if not _plain_value(v):
+                raise UserError(f"{where}.choice[{i}]: expected a number, a string, true/false or a list")
         return Choice(tuple(tuple(v) if isinstance(v, list) else v for v in spec))
     if not (isinstance(spec, list) and len(spec) == 2):
-        raise UserError(f"{where}.{kind}: needs [low, high]")
-    low, high = spec
-    log = bool(raw.get("log", False))
+        raise UserError(f"{where}.{kind}: needs [low, high], got {brief(spec)}")
+    low, high = (_bound(v, f"{where}.{kind}[{i}]", kind == "int") for i, v in enumerate(spec))
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        raise UserError(f"{where}.log: expected true or false, got {brief(log)}")
     if low > high:
         raise UserError(f"{where}.{kind}: empty range [{low}, {high}]")
     if log and low <= 0:
         raise UserError(f"{where}.{kind}: a log range needs low > 0, got {low}")
-    if kind == "int":
-        if not all(isinstance(v, int) for v in (low, high)):
-            raise UserError(f"{where}.int: bounds must be integers, got {spec}")
-        return IntRange(low, high, int(raw.get("step", 1)), log)
-    return FloatRange(float(low), float(high), log)
+    if kind == "float":
+        if "step" in raw:
+            raise UserError(f"{where}.step: a float range takes no step (use a choice of values)")
+        return FloatRange(float(low), float(high), log)
+    step = raw.get("step", 1)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise UserError(f"{where}.step: expected an integer >= 1, got {brief(step)}")
+    if log and step != 1:
+        raise UserError(f"{where}.step: a log range takes no step")
+    return IntRange(int(low), int(high), step, log)
 
 
 # ---- the space ------------------------------------------------------------------------------
+
+#: Most levels a space may ask for: a static check and every trial walk every level, and
+#: networks in the PLE family have one to a few; more than this is a typo.
+MAX_LEVELS = 32
 
 _LEVEL_KEYS = {
     "n_shared",
@@ -274,25 +317,30 @@ class SearchSpace:
 
     # ---- construction ----
     @classmethod
-    def load(cls, path: str | Path) -> SearchSpace:
+    def read(cls, path: str | Path) -> SearchSpace:
+        """Read, parse and check a space file (at most 1 MiB, no YAML aliases; see
+        :mod:`mtlsearch._yaml`). The file's text is kept in ``.text``: a study stores it, so
+        a resumed or joined search rebuilds the same space without the file."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path}: search space file not found")
-        text = path.read_text()
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        text, data = read_yaml_file(path, "search space file")
         return cls.from_dict(data, source=str(path), text=text)
+
+    #: Same as :meth:`read`.
+    load = read
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "<space>") -> SearchSpace:
-        return cls.from_dict(yaml.safe_load(text), source=source, text=text)
+        """Parse a space from its text (a stored study's copy, or a test's), with the same
+        limits as :meth:`read`."""
+        return cls.from_dict(load_yaml(text, source, what="search space file"), source=source, text=text)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<space>", text: str = "") -> SearchSpace:
         if not isinstance(data, Mapping):
-            raise UserError(f"{source}: a search space must be a mapping")
+            got = "nothing (the file is empty)" if data is None else brief(data)
+            raise UserError(f"{source}: a search space must be a mapping of keys to values, got {got}")
 
         def where(key: str) -> str:
             return f"{source}: {key}"
@@ -315,17 +363,29 @@ class SearchSpace:
         if not isinstance(ref, Mapping):
             raise UserError(f"{where('reference')}: expected a mapping")
         _unknown(ref, _REFERENCE_KEYS, where("reference."))
-        presets = tuple(ref.get("presets", ("single_task", "shared_bottom", "mmoe", "cgc", "ple")))
+        presets = ref.get("presets", ["single_task", "shared_bottom", "mmoe", "cgc", "ple"])
+        if not isinstance(presets, list):
+            raise UserError(
+                f"{where('reference.presets')}: expected a list of preset names, got {brief(presets)}"
+            )
         for p in presets:
-            if p not in PRESETS:
+            if not isinstance(p, str) or p not in PRESETS:
                 raise UserError(
-                    f"{where('reference.presets')}: unknown preset {p!r}; known: {sorted(PRESETS)}"
+                    f"{where('reference.presets')}: unknown preset {brief(p)}; known: {sorted(PRESETS)}"
                 )
+        for key in ("sizes", "training"):
+            if not isinstance(ref.get(key) or {}, Mapping):
+                raise UserError(f"{where(f'reference.{key}')}: expected a mapping, got {brief(ref[key])}")
         encoding = data.get("encoding", "auto")
         if encoding not in ("auto", "fixed", "conditional"):
-            raise UserError(f"{where('encoding')}: expected auto, fixed or conditional, got {encoding!r}")
+            raise UserError(
+                f"{where('encoding')}: expected auto, fixed or conditional, got {brief(encoding)}"
+            )
+        name = data.get("name", Path(source).stem)
+        if isinstance(name, bool) or not isinstance(name, str | int | float):
+            raise UserError(f"{where('name')}: expected a string, got {brief(name)}")
         space = cls(
-            name=str(data.get("name", Path(source).stem)),
+            name=str(name),
             levels=_parse_param(data.get("levels", 1), where("levels")),
             level=level,
             tower=tower,
@@ -337,7 +397,7 @@ class SearchSpace:
             ),
             training=training,
             encoding=encoding,
-            reference_presets=presets,
+            reference_presets=tuple(presets),
             reference_sizes=dict(ref.get("sizes", {}) or {}),
             reference_training=dict(ref.get("training", {}) or {}),
             source=source,
@@ -347,29 +407,48 @@ class SearchSpace:
         return space
 
     def _check_static(self) -> None:
+        """Every value a trial could draw, checked now: a bad space fails before the storage
+        is touched, not as a traceback in the first trial that samples the bad end."""
+        src = self.source
         for key, param in self.level.items():
             for v in param.values():
                 if key in _VOCAB and v not in _VOCAB[key]:
                     raise UserError(
-                        f"{self.source}: level.{key}: unknown choice {v!r}; "
+                        f"{src}: level.{key}: unknown choice {brief(v)}; "
                         f"the builder knows {list(_VOCAB[key])}"
                     )
         for key in ("activation", "norm"):
             for v in self.tower[key].values():
                 if v not in _VOCAB[key]:
                     raise UserError(
-                        f"{self.source}: tower.{key}: unknown choice {v!r}; known {list(_VOCAB[key])}"
+                        f"{src}: tower.{key}: unknown choice {brief(v)}; known {list(_VOCAB[key])}"
                     )
         for v in self.embed_init_std.values() if self.embed_init_std else ():
-            if as_float(v, f"{self.source}: embed_init_std") <= 0:
-                raise UserError(f"{self.source}: embed_init_std: needs numbers > 0, got {v!r}")
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, int | float | str)
+                or as_float(v, f"{src}: embed_init_std") <= 0
+            ):
+                raise UserError(f"{src}: embed_init_std: needs numbers > 0, got {brief(v)}")
         for v in self.levels.values():
-            if not isinstance(v, int) or v < 1:
-                raise UserError(f"{self.source}: levels: needs integers >= 1, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_LEVELS:
+                raise UserError(f"{src}: levels: needs integers from 1 to {MAX_LEVELS}, got {brief(v)}")
         for key in ("n_shared", "n_specific", "top_k"):
             for v in self.level[key].values():
-                if not isinstance(v, int) or v < 0:
-                    raise UserError(f"{self.source}: level.{key}: needs integers >= 0, got {v!r}")
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise UserError(f"{src}: level.{key}: needs integers >= 0, got {brief(v)}")
+        for v in self.embedding_dim.values():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UserError(f"{src}: embedding_dim: needs integers >= 1, got {brief(v)}")
+        for key, param in (
+            ("level.expert_hidden", self.level["expert_hidden"]),
+            ("tower.hidden", self.tower["hidden"]),
+        ):
+            for v in param.values():
+                if not isinstance(v, tuple | list):
+                    raise UserError(
+                        f"{src}: {key}: needs lists of layer widths such as [64, 32], got {brief(v)}"
+                    )
         from mtlsearch.train import TrainConfig
 
         for key, param in self.training.items():
@@ -377,7 +456,11 @@ class SearchSpace:
                 try:
                     TrainConfig.from_dict({key: list(v) if isinstance(v, tuple) else v})
                 except (UserError, ValueError, TypeError) as exc:
-                    raise UserError(f"{self.source}: {exc}") from None
+                    raise UserError(_clip(f"{src}: {exc}")) from None
+        try:
+            TrainConfig.from_dict(dict(self.reference_training))
+        except (UserError, ValueError, TypeError) as exc:
+            raise UserError(_clip(f"{src}: reference.{exc}")) from None
 
     # ---- mapping a trial to a config ----
     @property
@@ -528,6 +611,12 @@ class SearchSpace:
             }
         except (ConfigError, TypeError) as exc:
             raise UserError(f"{self.source}: reference.sizes: {exc}") from None
+
+
+def _clip(message: str, limit: int = 300) -> str:
+    """A message from a lower layer, cut to ``limit`` characters (it may quote a user's
+    value whole, and a value can be a list of 100,000 numbers)."""
+    return message if len(message) <= limit else message[:limit] + "..."
 
 
 def _unknown(data: Mapping[str, Any], known: set[str], where: str) -> None:

@@ -7,21 +7,19 @@ or machine that reaches the storage.
 Exact budgets across workers: the budget is a set of *tickets*, WAITING trials enqueued
 when the study is created or resumed (the named reference architectures first). A worker
 only asks for a trial while a ticket is waiting; Optuna hands each waiting trial to exactly
-one worker. A worker whose trial dies without reporting (SIGKILL, lost machine) is found by
-the RDB heartbeat; its trial is FAILed and re-enqueued as a fresh ticket
-(:class:`optuna.storages.RetryHeartbeatStaleTrialCallback`), so it is retried, not lost.
+one worker. A worker whose trial dies without reporting (SIGKILL, lost machine) loses its
+lease (:mod:`mtlsearch.search._storage`); another worker's reaper FAILs the trial and
+re-enqueues it as a fresh ticket, so it is retried, not lost (:mod:`mtlsearch.search._worker`).
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import math
 import os
 import socket
 import time
-import traceback
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,25 +28,21 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
-from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from mtlsearch._errors import UserError
+from mtlsearch._errors import StorageUnavailable, UserError
 from mtlsearch.arch import ConfigError
 from mtlsearch.search._front import PRESET_ATTR
 from mtlsearch.search._objectives import Objective, from_dict, objective_values, to_dict
 from mtlsearch.search._pruning import DominancePruning, PruningCallback
 from mtlsearch.search._space import SearchSpace
+from mtlsearch.search._storage import TICKET_ATTR, open_storage
+from mtlsearch.search._worker import FAIL_ATTR, WORKER_ATTR
 
 logger = logging.getLogger(__name__)
 
 RECIPE_ATTR = "mtlsearch"
-TICKET_ATTR = "ticket"
-FAIL_ATTR = "fail_reason"
 CONFIG_ATTR = "config"
-HEARTBEAT_INTERVAL = 10  # seconds
-GRACE_PERIOD = 30
-WORKER_ATTR = "worker"
 
 
 # ---- samplers (a registry, so a new one is one entry) ---------------------------------------
@@ -87,46 +81,6 @@ SAMPLERS: dict[str, Callable[[int | None, int, int], optuna.samplers.BaseSampler
 # ---- storage ------------------------------------------------------------------------------
 def default_storage_url() -> str:
     return f"sqlite:///{Path.cwd() / 'mtlsearch.db'}"
-
-
-def _heartbeat_interval() -> int:
-    return int(os.environ.get("MTLSEARCH_HEARTBEAT_INTERVAL", HEARTBEAT_INTERVAL))
-
-
-def _grace_period() -> int:
-    """Seconds without a sign of life after which a running trial counts as lost."""
-    return int(os.environ.get("MTLSEARCH_GRACE_PERIOD", max(GRACE_PERIOD, 3 * _heartbeat_interval())))
-
-
-def open_storage(url: str, heartbeat: bool = True) -> BaseStorage:
-    """An Optuna storage for a URL: RDB (SQLite, PostgreSQL, MySQL) with heartbeats and
-    retry of dead workers' trials, or Redis (journal storage, no heartbeat)."""
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from optuna.storages.journal import JournalRedisBackend, JournalStorage
-
-        with warnings.catch_warnings():  # "experimental" since 3.1
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return JournalStorage(JournalRedisBackend(url))
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    try:
-        with warnings.catch_warnings():  # heartbeats and the retry callback are "experimental"
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            kwargs: dict[str, Any] = {}
-            if heartbeat:
-                # A dead worker's trial is failed after ``grace`` seconds without a heartbeat
-                # and re-enqueued (retried) up to 3 times.
-                interval = _heartbeat_interval()
-                grace = _grace_period()
-                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
-                kwargs = dict(
-                    heartbeat_interval=interval,
-                    grace_period=grace,
-                    heartbeat_stale_trial_callback=retry,
-                )
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except Exception as exc:  # bad URL, server down, missing driver
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(f"--storage {url}: cannot open ({type(exc).__name__}: {first})") from None
 
 
 # ---- the recipe a study carries ----------------------------------------------------------------
@@ -391,7 +345,7 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
             trial.set_user_attr("surplus", True)
             raise _Surplus("no ticket left: another worker took the last one")
         # First thing: a RUNNING trial without a worker was lost between Optuna's ask and
-        # this line (see _fail_orphans).
+        # this line (see _worker.reap).
         trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         try:
             name = trial.user_attrs.get(PRESET_ATTR)
@@ -425,118 +379,13 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
             trial.set_user_attr("costs", costs)
             ctx.results[trial.number] = result
             return values
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, StorageUnavailable):
             raise
         except Exception as exc:
-            trial.set_user_attr(FAIL_ATTR, _fail_reason(exc))
-            logger.debug("trial %d failed: %s", trial.number, "".join(traceback.format_exception(exc)))
+            trial.set_user_attr(FAIL_ATTR, _fail_reason(exc))  # the runner keeps the traceback
             raise
 
     return objective
-
-
-def run_worker(ctx: SearchContext, timeout: float | None = None, poll: float = 2.0) -> int:
-    """Run trials until the study's budget is used up (or ``timeout`` seconds pass).
-
-    Returns the number of trials this worker ran.
-    """
-    study = ctx.study
-    run_trial = make_objective(ctx)
-    running: list[int] = []  # the number of the trial this worker is in
-
-    def objective(trial: optuna.Trial) -> Sequence[float]:
-        running[:] = [trial.number]
-        return run_trial(trial)
-
-    start = time.monotonic()
-    ran = 0
-
-    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        result = ctx.results.pop(trial.number, None)
-        for obs in ctx.observers:
-            obs.on_trial_end(study, trial, result)
-
-    while True:
-        if timeout is not None and time.monotonic() - start > timeout:
-            logger.info("timeout reached after %d trials", ran)
-            break
-        if ctx.heartbeat:
-            with warnings.catch_warnings():  # experimental since 2.9, stable in practice
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
-        if _fail_orphans(study):
-            _top_up_tickets(ctx)  # their tickets go back into the budget
-        counts = _state_counts(study)
-        if count_finished(study) >= ctx.settings.n_trials:
-            break
-        if counts.get(TrialState.WAITING, 0) == 0:
-            if counts.get(TrialState.RUNNING, 0) == 0:
-                logger.info("no trial left to run; `mtlsearch search --study` tops the budget up")
-                break
-            time.sleep(poll)  # others are running; one may die and be re-enqueued
-            continue
-        try:
-            study.optimize(
-                objective,
-                n_trials=1,
-                catch=(Exception,),
-                callbacks=[after_trial],
-                gc_after_trial=False,
-                show_progress_bar=False,
-            )
-        except BaseException as exc:
-            # A Ctrl-C that lands while Optuna 5 records a trial is replaced by an
-            # UnboundLocalError from its `finally` and can leave the trial RUNNING. The user
-            # pressed Ctrl-C: release the trial (failed without a reason of its own, so it
-            # is retried, as Optuna does for a Ctrl-C inside the objective) and say so; the
-            # CLI exits 130 and the same command resumes without waiting for a heartbeat.
-            interrupt = interrupt_behind(exc)
-            if interrupt is None:
-                raise
-            _release(study, running)
-            raise interrupt from None
-        ran += 1
-    return ran
-
-
-def _fail_orphans(study: optuna.Study) -> int:
-    """Fail (for retry) RUNNING trials that no worker ever took up.
-
-    A Ctrl-C or a crash between Optuna's ``ask`` and the start of the objective leaves a
-    trial RUNNING with no heartbeat, which Optuna never finds stale: without this, a
-    resumed search would wait for it forever. Such a trial has no worker attribute; after
-    the grace period it cannot be one that is merely starting.
-    """
-    now, failed = datetime.datetime.now(), 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        started = t.datetime_start
-        if WORKER_ATTR in t.user_attrs or started is None:
-            continue
-        if (now - started).total_seconds() > _grace_period():
-            logger.info("trial %d was never taken up by a worker; failed for retry", t.number)
-            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-            failed += 1
-    return failed
-
-
-def _release(study: optuna.Study, numbers: Sequence[int]) -> None:
-    for number in numbers:
-        try:
-            study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-        except Exception as exc:  # the storage may be what the interrupt broke
-            logger.warning("could not release interrupted trial %d: %s", number, exc)
-
-
-def interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
-    """The KeyboardInterrupt in ``exc``'s chain of causes and contexts, if any."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, KeyboardInterrupt):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
 
 
 def settings_of(study: optuna.Study) -> SearchSettings:

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mtlsearch._errors import UserError, as_float
+from mtlsearch._yaml import dump_yaml, load_yaml, read_yaml_file
 from mtlsearch.arch import ArchConfig, InputSpec, TaskSpec
 
 #: The optimisers a config may name. A table, so adding one is one entry.
@@ -249,15 +248,13 @@ class ExperimentConfig:
         return cls(model=model, training=TrainConfig.from_dict(data.get("training")))
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return dump_yaml(self.to_dict())
 
     @classmethod
-    def from_yaml(cls, text: str, **fill: Any) -> ExperimentConfig:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise UserError(f"not valid YAML ({str(exc).splitlines()[0]})") from None
-        return cls.from_dict(data, **fill)
+    def from_yaml(cls, text: str, source: str = "<experiment>", **fill: Any) -> ExperimentConfig:
+        """Parse with the tool's YAML rules (:mod:`mtlsearch._yaml`): a YAML error names
+        ``source``; a field error starts with the field's path (``training.lr``)."""
+        return cls.from_dict(load_yaml(text, source, what="experiment config"), **fill)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml())
@@ -268,8 +265,9 @@ class ExperimentConfig:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path}: no such file")
+        _, data = read_yaml_file(path, "experiment config")
         try:
-            return cls.from_yaml(path.read_text(), **fill)
+            return cls.from_dict(data, **fill)
         except UserError as exc:
             raise UserError(f"{path}: {exc}") from None
 
