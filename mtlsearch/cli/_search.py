@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mtlsearch._errors import UserError
+from mtlsearch._errors import StorageUnavailable, UserError
 
 logger = logging.getLogger("mtlsearch")
 console = Console(stderr=True)
@@ -98,10 +98,6 @@ def _run(ctx: Any, n_jobs: int, timeout: float | None, quiet: bool) -> None:
     waiting: it stops the loops, releases every trial this process runs (so that they are
     retried at once) and re-raises; the CLI then exits without waiting for the trainers.
     """
-    from mtlsearch.search import run_worker
-    from mtlsearch.search._study import make_objective
-    from mtlsearch.search._worker import TrialRunner
-
     if n_jobs > 1:  # split the cores between in-process workers
         import torch
 
@@ -116,6 +112,25 @@ def _run(ctx: Any, n_jobs: int, timeout: float | None, quiet: bool) -> None:
         disable=quiet,
         transient=False,
     )
+    status = "KILLED"
+    try:
+        _run_in(ctx, n_jobs, timeout, progress)
+        status = "FINISHED"
+    except StorageUnavailable:
+        status = "FAILED"
+        raise
+    finally:  # observers that keep runs open (MLflow) end them: a stopped worker leaves none RUNNING
+        for obs in ctx.observers:
+            close = getattr(obs, "close", None)
+            if callable(close):
+                close(status)
+
+
+def _run_in(ctx: Any, n_jobs: int, timeout: float | None, progress: Progress) -> None:
+    from mtlsearch.search import run_worker
+    from mtlsearch.search._study import make_objective
+    from mtlsearch.search._worker import TrialRunner
+
     with progress:
         task_id = progress.add_task(ctx.study.study_name, total=ctx.settings.n_trials, status="")
         ctx.observers.append(ProgressObserver(progress, task_id, ctx))

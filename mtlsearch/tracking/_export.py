@@ -25,7 +25,6 @@ import math
 import os
 import shlex
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ import optuna
 import torch
 
 from mtlsearch._errors import UserError
-from mtlsearch._fs import replace_dir
+from mtlsearch._fs import make_temp_dir, recover, replace_dir
 from mtlsearch.search import CONFIG_ATTR, Pick, objectives_of, settings_of
 from mtlsearch.tracking._mlflow import CHECKPOINT_DIR, URI_ATTR
 from mtlsearch.tracking._serving import ServingModel, save_serving, serving_schema
@@ -156,6 +155,7 @@ def export_pick(
 
     out = Path(out)
     trial = pick.trial
+    recover(out)  # a replace killed half-way put the previous folder aside: restore it
     if out.exists() and not overwrite:
         raise UserError(f"--out {out}: already exists; pass --overwrite or choose another folder")
     raw = trial.user_attrs.get(CONFIG_ATTR)
@@ -163,7 +163,7 @@ def export_pick(
         raise UserError(f"--pick {pick.rule.text}: trial {trial.number} has no recorded config")
     config = ExperimentConfig.from_dict(raw)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = make_temp_dir(out)
     result = ExportResult(out=out, trial=trial.number, checkpoint_source=None)
     try:
         config.save(tmp / "config.yaml")

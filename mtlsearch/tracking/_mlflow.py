@@ -20,20 +20,46 @@ with a signature and an input example) plus an mtlsearch checkpoint directory, w
 Tracking must never stop a search: every hook catches its errors and logs a warning (once
 per hook, then at debug level). MLflow is imported on the first hook, not at import time:
 it takes seconds.
+
+Tracking stores stall: a SQLite ``mlflow.db`` shared by several worker processes is locked
+for everyone while one worker is stopped in the middle of a write, and a tracking server
+restarts. So every ``MlflowClient`` call is retried on *transient* errors (see :func:`is_transient`)
+with exponential back-off and jitter for up to ``retry_seconds`` in total (default 60 s,
+``$MTLSEARCH_TRACKING_RETRY_SECONDS``); after that the call gives up with the warning above.
+After one give-up the following calls get a single attempt each until one succeeds again,
+so a tracker that is down for an hour costs the search one retry window, not one per call.
+Creating a run is the one write that is not idempotent: each run carries a random
+``mtlsearch.create_id`` tag, and a retry first looks for a run with it, so a create whose
+answer was lost is not made twice. ``mlflow.pytorch.log_model`` is not retried (a retry could
+log a second model); a front member whose model could not be logged has none.
+
+What the retries do not cover, the front sync repairs: after every finished trial the worker
+makes MLflow agree with the study storage (which is the truth). Every COMPLETE trial gets
+exactly one child run: a missing one is made from the trial's user attributes (params,
+config, final metrics, utilisation; not the per-epoch history, which only its worker had)
+and tagged ``repaired = true``; of several, the one named by the trial's ``mlflow_run_id``
+attribute (else the earliest) is kept and the others deleted; one left open or failed gets
+its final metrics and FINISHED. Runs of failed and pruned trials left RUNNING are closed.
+When nothing is wrong this costs nothing beyond the one listing of the children that
+re-tagging needs anyway.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 import math
 import os
+import random
 import re
 import socket
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,11 +67,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mtlsearch.search import FAIL_ATTR, count_finished, hypervolume, pareto_ranks
+from mtlsearch._errors import UserError
+from mtlsearch.search import CONFIG_ATTR, FAIL_ATTR, count_finished, hypervolume, pareto_ranks
 from mtlsearch.search._front import PRESET_ATTR
 from mtlsearch.tracking import _figures
 from mtlsearch.tracking._summary import (
     RUN_ID_ATTR,
+    UTILISATION_ATTR,
     front_records,
     json_safe,
     records_csv,
@@ -69,11 +97,133 @@ TAG_RANK = "pareto_rank"
 TAG_TRIAL = "trial_number"
 TAG_STUDY = "study_name"
 TAG_MODEL = "model_logged"
+TAG_REPAIRED = "repaired"
+TAG_CREATE = "mtlsearch.create_id"
 MODEL_NAME = "model"
 CHECKPOINT_DIR = "checkpoint"
+WORKER_ATTR = "worker"  # the trial attribute naming the process that ran it (set by the search)
+
+#: Why a failed trial without a reason of its own ended (its result never came).
+LOST_REASON = "worker lost (no heartbeat); the trial was retried"
+INTERRUPTED_REASON = "interrupted (Ctrl-C or SIGTERM); the trial will be run again"
 
 _STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 _MAX_TAG = 4000
+
+# ---- retrying a stalled tracking store ---------------------------------------------------------
+RETRY_SECONDS = 60.0
+RETRY_ENV = "MTLSEARCH_TRACKING_RETRY_SECONDS"
+_FIRST_DELAY = 0.25  # seconds before the second attempt; doubled after each failure...
+_MAX_DELAY = 8.0  # ...up to this
+_RETRIED_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"})
+_TRANSIENT_TEXT = re.compile(
+    r"database (?:table )?is locked|database is busy|SQLITE_BUSY|connection (?:refused|reset|aborted)"
+    r"|max retries exceeded|temporarily unavailable|service unavailable|bad gateway|gateway time-?out"
+    r"|timed out|remote end closed|too many \d+ error responses|error code 5\d\d|failed with timeout",
+    re.IGNORECASE,
+)
+_TRANSIENT_TYPES = {
+    "sqlalchemy": {"OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError"},
+    "sqlite3": {"OperationalError"},
+    "requests": {"ConnectionError", "Timeout", "ConnectTimeout", "ReadTimeout", "ChunkedEncodingError"},
+    "urllib3": {"MaxRetryError", "NewConnectionError", "ProtocolError", "TimeoutError", "ReadTimeoutError"},
+}
+_SERVER_STORAGES = ("postgresql", "postgres", "mysql", "mariadb", "redis", "rediss")
+_ADVISED: set[str] = set()  # tracking URIs the multi-worker advice was given for (once per process)
+
+
+class TrackingUnavailable(Exception):
+    """A tracking call kept failing with transient errors for the whole retry window."""
+
+
+def tracking_retry_seconds() -> float:
+    """How long one tracking call is retried (``$MTLSEARCH_TRACKING_RETRY_SECONDS``, default 60)."""
+    raw = os.environ.get(RETRY_ENV, "").strip()
+    if not raw:
+        return RETRY_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UserError(f"${RETRY_ENV}: expected a number of seconds, got {raw!r}") from None
+    if not value >= 0 or not math.isfinite(value):
+        raise UserError(f"${RETRY_ENV}: must be a finite number >= 0, got {raw!r}")
+    return value
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` says the tracking store is busy or out of reach for now (worth
+    retrying), as opposed to a refused or invalid request (not worth retrying).
+
+    Transient: a locked or busy SQLite database (MLflow's SQL store raises it as an
+    ``MlflowException`` with code ``TEMPORARILY_UNAVAILABLE``, chained to SQLAlchemy's
+    ``OperationalError``), any SQLAlchemy ``OperationalError``, connection errors and
+    timeouts, and a tracking server answering 5xx or not at all (connection refused).
+    """
+    from mlflow.exceptions import MlflowException, RestException
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TrackingUnavailable):
+            return False  # already retried for the whole window
+        if isinstance(current, ConnectionError | TimeoutError):  # builtins, incl. refused/reset
+            return True
+        root = type(current).__module__.split(".", 1)[0]
+        if type(current).__name__ in _TRANSIENT_TYPES.get(root, ()):
+            return True
+        if isinstance(current, MlflowException):
+            if current.error_code in _RETRIED_CODES:
+                return True
+            if isinstance(current, RestException) and current.get_http_status_code() >= 500:
+                return True
+            if _TRANSIENT_TEXT.search(str(current.message)):
+                return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _handling_interrupt() -> bool:
+    """Whether the code calling us runs inside an ``except`` for Ctrl-C or SIGTERM (the CLI's
+    SIGTERM is a ``KeyboardInterrupt`` subclass): the search then releases its trials and
+    calls ``on_trial_end`` on its way out, and tracking must not hold the exit up."""
+    current = sys.exc_info()[1]
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt | SystemExit):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".strip()
+
+
+class _RetryingClient:
+    """An ``MlflowClient`` whose methods go through the observer's retry policy.
+
+    ``create_run`` is passed through with a single attempt: a retry could make a second
+    run, so the observer creates runs through its own ``_create_run`` instead.
+    """
+
+    _SINGLE = frozenset({"create_run"})
+
+    def __init__(self, client: Any, call: Callable[..., Any]) -> None:
+        self.raw = client
+        self._call = call
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.raw, name)
+        if name in self._SINGLE or name.startswith("_") or not callable(attr):
+            return attr
+
+        def retried(*args: Any, **kwargs: Any) -> Any:
+            return self._call(name, attr, *args, **kwargs)
+
+        return retried
 
 
 def default_tracking_uri(storage_url: str | None) -> str:
@@ -140,9 +290,14 @@ class MlflowObserver:
     ``tracking_uri``: any MLflow tracking URI. Without one, the URI the study already logs
     to (kept in its user attributes) is used, else :func:`default_tracking_uri` of
     ``storage_url``. ``log_models``: log the front members' models (the slow part).
+    ``retry_seconds``: how long one tracking call is retried on transient errors (default
+    ``$MTLSEARCH_TRACKING_RETRY_SECONDS``, else 60); it is also how long another worker's
+    run is left open after its trial completed before the front sync closes it for it.
 
     ``mlflow.pytorch.log_model`` reads MLflow's process-wide tracking URI and experiment,
     so the observer sets both (one study per process; threads share them).
+
+    Call :meth:`close` when the process stops searching (normally, on a timeout or on Ctrl-C).
     """
 
     def __init__(
@@ -151,21 +306,31 @@ class MlflowObserver:
         *,
         storage_url: str | None = None,
         log_models: bool = True,
+        retry_seconds: float | None = None,
     ) -> None:
         self.requested_uri = tracking_uri
         self.storage_url = storage_url
         self.log_models = log_models
+        self.retry_seconds = tracking_retry_seconds() if retry_seconds is None else max(0.0, retry_seconds)
         self.tracking_uri: str | None = None
         self.parent_run_id: str | None = None
         self.experiment_id: str | None = None
         self._client: Any = None
         self._context: Any = None
+        self._study: optuna.Study | None = None
         self._study_name = ""
-        self._runs: dict[int, str] = {}
+        self._worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._runs: dict[int, str] = {}  # trial number -> run id, while this process runs the trial
+        self._finishing: set[str] = set()  # run ids on_trial_end is closing right now
+        self._created: set[str] = set()  # run ids this observer created
+        self._known: dict[int, str] = {}  # trial number -> its run, as of the last front sync
         self._lock = threading.RLock()
         self._disabled = False
+        self._closed = False
+        self._degraded = False  # a call gave up: single attempts until one succeeds
         self._warned: set[str] = set()
         self._logged_models: set[int] = set()
+        self._rng = random.Random()  # jitter; the global generator may be seeded by the search
 
     # ---- error policy ---------------------------------------------------------------------
     @contextmanager
@@ -180,10 +345,81 @@ class MlflowObserver:
                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")  # fmt: skip
             logger.debug("MLflow tracking: %s failed", hook, exc_info=True)
 
+    def _budget(self) -> float:
+        """Seconds the next call may keep retrying: none while the search is being
+        interrupted (the user wants out) or after a call gave up (the store is down: the
+        front sync repairs what is lost once it is back)."""
+        if self._degraded or _handling_interrupt():
+            return 0.0
+        return self.retry_seconds
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, retried on transient errors with exponential back-off
+        and jitter for up to :meth:`_budget` seconds in all; then :class:`TrackingUnavailable`.
+
+        The window is checked between attempts: one attempt on a locked SQLite file waits
+        MLflow's own busy timeout (20 s) and one to a server MLflow's own HTTP retries
+        (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``), so a give-up can come that much later.
+        """
+        budget = self._budget()
+        start = time.monotonic()
+        delay, attempts = _FIRST_DELAY, 0
+        while True:
+            attempts += 1
+            try:
+                out = fn(*args, **kwargs)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                elapsed = time.monotonic() - start
+                left = budget - elapsed
+                if left <= 0:
+                    self._degraded = True
+                    raise TrackingUnavailable(
+                        f"{what}: the tracking store stayed busy or unreachable "
+                        f"({attempts} attempt{'s' * (attempts > 1)} in {elapsed:.1f} s; {_first_line(exc)})"
+                    ) from exc
+                level = logging.DEBUG if "retry" in self._warned else logging.INFO
+                self._warned.add("retry")
+                logger.log(level, "MLflow tracking: %s: %s; retrying for up to %.0f s",
+                           what, _first_line(exc), left)  # fmt: skip
+                time.sleep(min(left, delay * self._rng.uniform(0.5, 1.5)))
+                delay = min(delay * 2, _MAX_DELAY)
+                continue
+            if self._degraded:
+                self._degraded = False
+                logger.info("MLflow tracking: the tracking store answers again")
+            return out
+
+    def _create_run(self, run_name: str, tags: dict[str, str]) -> Any:
+        """``create_run`` with retries that never make two runs: the run carries a random
+        ``mtlsearch.create_id`` tag, and every attempt after the first looks it up before
+        creating (the first may have been stored although its answer was lost)."""
+        client = self._client.raw
+        token = uuid.uuid4().hex
+        tags = {**tags, TAG_CREATE: token}
+        sent = False
+
+        def attempt() -> Any:
+            nonlocal sent
+            if sent:
+                mine = f"tags.`{TAG_CREATE}` = '{token}'"
+                found = client.search_runs([self.experiment_id], mine, max_results=1)
+                if found:
+                    return found[0]
+            sent = True
+            return client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+
+        run = self._call("create_run", attempt)
+        with self._lock:
+            self._created.add(run.info.run_id)
+        return run
+
     # ---- the study ------------------------------------------------------------------------
     def on_study(self, study: optuna.Study, context: Any) -> None:
         """Open (or join) the study's experiment and parent run."""
         self._context = context
+        self._study = study
         self._study_name = study.study_name
         ok = False
         with self._guard("opening the study's parent run"):
@@ -201,9 +437,10 @@ class MlflowObserver:
         self.tracking_uri = (
             self.requested_uri or attrs.get(URI_ATTR) or default_tracking_uri(self.storage_url)
         )
+        self._advise(self.tracking_uri)
         # log_model (fluent API) reads the global URI; the client does not.
         mlflow.set_tracking_uri(self.tracking_uri)
-        client = MlflowClient(self.tracking_uri)
+        client = _RetryingClient(MlflowClient(self.tracking_uri), self._call)
         self._client = client
         self.experiment_id = self._experiment(client, study.study_name)
         parent = attrs.get(PARENT_ATTR)
@@ -220,6 +457,26 @@ class MlflowObserver:
             study.study_name, self.tracking_uri, self.experiment_id, self.parent_run_id,
         )  # fmt: skip
 
+    def _advise(self, tracking_uri: str) -> None:
+        """One warning when workers share a study on a database server but track into a local
+        SQLite file: SQLite takes one writer at a time, so one stalled worker stops every
+        other worker's tracking (the retries and the repair then have to make up for it), and
+        workers on other machines each write a file of their own. The storage URL is not
+        logged: it may hold a password."""
+        scheme = (self.storage_url or "").split(":", 1)[0].split("+", 1)[0].lower()
+        if scheme not in _SERVER_STORAGES or not tracking_uri.lower().startswith("sqlite:"):
+            return
+        if tracking_uri in _ADVISED:
+            return
+        _ADVISED.add(tracking_uri)
+        logger.warning(
+            "MLflow: the study is on a %s server but runs are tracked in the SQLite file %s, which "
+            "one worker at a time can write; with several workers start a tracking server "
+            "(mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000) "
+            "and give every worker --tracking-uri http://127.0.0.1:5000",
+            scheme, tracking_uri.split(":///", 1)[-1],
+        )  # fmt: skip
+
     def _experiment(self, client: Any, name: str) -> str:
         from mlflow.exceptions import MlflowException
 
@@ -232,7 +489,7 @@ class MlflowObserver:
             return client.create_experiment(
                 name, artifact_location=_artifact_location(self.tracking_uri, name)
             )
-        except MlflowException:  # another worker created it first
+        except MlflowException:  # another worker created it first (or a retried create was stored)
             found = client.get_experiment_by_name(name)
             if found is None:
                 raise
@@ -241,6 +498,8 @@ class MlflowObserver:
     def _usable_parent(self, client: Any, run_id: str) -> bool:
         try:
             run = client.get_run(run_id)
+        except TrackingUnavailable:
+            raise
         except Exception:  # the study moved to another tracking server
             return False
         return run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage == "active"
@@ -258,7 +517,7 @@ class MlflowObserver:
         uid = self._uid(study)
         settings = getattr(self._context, "settings", None)
         tags = {TAG_ROLE: "study", TAG_UID: uid, TAG_STUDY: study.study_name}
-        run = client.create_run(self.experiment_id, run_name=study.study_name, tags=tags)
+        run = self._create_run(study.study_name, tags)
         mine = run.info.run_id
         filter_string = f"tags.`{TAG_UID}` = '{uid}' and tags.`{TAG_ROLE}` = 'study'"
         found = client.search_runs([self.experiment_id], filter_string, max_results=100)
@@ -286,41 +545,85 @@ class MlflowObserver:
             client.log_text(mine, settings.space_text, "search_space.yaml")
         return mine
 
+    def close(self, status: str = "KILLED") -> None:
+        """This process stops searching: end its runs that are still open with ``status``
+        and, unless another worker is still running a trial of the study, the parent run:
+        FINISHED when the budget is used up, else ``status`` (``KILLED`` for Ctrl-C and
+        SIGTERM, ``FINISHED`` for a timeout; a worker that joins later sets it back to
+        RUNNING). The parent is thus left RUNNING only while the study has budget left and
+        trials running. Idempotent; later hooks do nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._disabled or self._client is None:
+            return
+        from mlflow.entities import RunTag
+
+        with self._lock:
+            still_open = dict(self._runs)
+            self._runs.clear()
+        for number, run_id in still_open.items():
+            with self._guard("closing a trial's run"):
+                reason = "the worker stopped before the trial ended; the trial will be run again"
+                self._client.log_batch(run_id, tags=[RunTag("fail_reason", reason)])
+                self._client.set_terminated(run_id, status)
+                logger.debug("MLflow: run of trial %d closed %s", number, status)
+        study = self._study
+        if study is None or self.parent_run_id is None:
+            return
+        with self._guard("closing the study's parent run"):
+            trials = study.get_trials(deepcopy=False)
+            settings = getattr(self._context, "settings", None)
+            used_up = settings is not None and count_finished(study) >= settings.n_trials
+            if used_up:
+                final = "FINISHED"
+            elif any(t.state == TrialState.RUNNING for t in trials):
+                return  # other workers are on it; the last one closes it
+            else:
+                final = status
+            if self._client.get_run(self.parent_run_id).info.status == "RUNNING":
+                self._client.set_terminated(self.parent_run_id, final)
+
     # ---- a trial --------------------------------------------------------------------------
+    def _trial_tags(self, number: int, preset: str | None, state: str, worker: str) -> dict[str, str]:
+        return {
+            "mlflow.parentRunId": str(self.parent_run_id),
+            TAG_TRIAL: str(number),
+            TAG_STUDY: self._study_name,
+            TAG_ROLE: "trial",
+            "preset": preset or "searched",
+            "state": state,
+            "worker": worker,
+            TAG_FRONT: "false",
+        }
+
+    def _log_config(self, run_id: str, config: dict[str, Any], preset: str | None, yaml_text: str) -> None:
+        from mlflow.entities import Param
+
+        params = trial_params(config, preset)
+        items = [Param(k, v[:_MAX_TAG]) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self._client.log_batch(run_id, params=items[start : start + 100])
+        self._client.log_text(run_id, yaml_text, "config.yaml")
+
     def on_trial_start(self, trial: optuna.Trial, config: Any) -> None:
-        if self._disabled:
+        if self._disabled or self._closed:
             return
         with self._guard("starting a trial's run"):
             self._start_trial(trial, config)
 
     def _start_trial(self, trial: optuna.Trial, config: Any) -> None:
-        from mlflow.entities import Param
-
         preset = trial.user_attrs.get(PRESET_ATTR)
-        tags = {
-            "mlflow.parentRunId": self.parent_run_id,
-            TAG_TRIAL: str(trial.number),
-            TAG_STUDY: self._study_name,
-            TAG_ROLE: "trial",
-            "preset": preset or "searched",
-            "state": "RUNNING",
-            "worker": f"{socket.gethostname()}:{os.getpid()}",
-            TAG_FRONT: "false",
-        }
+        tags = self._trial_tags(trial.number, preset, "RUNNING", self._worker)
         name = f"trial-{trial.number}" + (f"-{preset}" if preset else "")
-        run = self._client.create_run(self.experiment_id, run_name=name, tags=tags)
-        run_id = run.info.run_id
+        run_id = self._create_run(name, tags).info.run_id
         with self._lock:
             self._runs[trial.number] = run_id
         trial.set_user_attr(RUN_ID_ATTR, run_id)
-        params = trial_params(config.to_dict(), preset)
-        items = [Param(k, v[:_MAX_TAG]) for k, v in params.items()]
-        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self._client.log_batch(run_id, params=items[start : start + 100])
-        self._client.log_text(run_id, config.to_yaml(), "config.yaml")
+        self._log_config(run_id, config.to_dict(), preset, config.to_yaml())
 
     def on_epoch(self, trial: optuna.Trial, report: Any) -> None:
-        if self._disabled:
+        if self._disabled or self._closed:
             return
         with self._guard("logging an epoch"):
             run_id = self._runs.get(trial.number)
@@ -341,53 +644,103 @@ class MlflowObserver:
             self._client.log_batch(run_id, metrics=metrics)
 
     def on_trial_end(self, study: optuna.Study, trial: FrozenTrial, result: Any | None) -> None:
-        if self._disabled:
+        """Close the trial's run and sync the front.
+
+        ``trial`` is the trial as the storage holds it. A FAIL without a reason of its own
+        means the result never counted: the worker was interrupted (the search releases the
+        trial for a retry and calls this from its ``except`` for the interrupt: the run ends
+        KILLED, as MLflow calls a run the user stopped, and the front sync is skipped so the
+        process exits at once), or it was paused past the heartbeat grace period and another
+        worker failed and retried the trial (FAILED, like the runs the front sync closes for
+        dead workers). Neither logs final metrics.
+        """
+        if self._disabled or self._closed:
             return
+        interrupted = trial.state != TrialState.COMPLETE and _handling_interrupt()
         with self._lock:
             run_id = self._runs.pop(trial.number, None) or trial.user_attrs.get(RUN_ID_ATTR)
-        if run_id is not None:
-            with self._guard("finishing a trial's run"):
-                self._finish_trial(trial, result, run_id)
+            if run_id is not None:
+                self._finishing.add(run_id)
+        try:
+            if run_id is not None:
+                with self._guard("finishing a trial's run"):
+                    status = reason = None
+                    if trial.state == TrialState.FAIL and not trial.user_attrs.get(FAIL_ATTR):
+                        status = "KILLED" if interrupted else "FAILED"
+                        reason = INTERRUPTED_REASON if interrupted else LOST_REASON
+                    self._finish_trial(study, trial, result, run_id, status=status, reason=reason)
+        finally:
+            with self._lock:
+                self._finishing.discard(run_id)
+        if interrupted:
+            return
         with self._guard("updating the Pareto front"):
             ranks = self.sync_front(study)
+            run_id = self._known.get(trial.number, run_id)  # the run the sync kept or made
             if run_id is not None and result is not None and ranks.get(trial.number) == 0:
                 self._log_model(trial, result, run_id)
 
-    def _finish_trial(self, trial: FrozenTrial, result: Any | None, run_id: str) -> None:
+    def _final_values(self, study: optuna.Study, trial: FrozenTrial, result: Any | None) -> dict[str, float]:
+        """The final metrics of a COMPLETE trial: from the training result when this worker
+        has it, else from what the search stored in the trial's user attributes (the same
+        numbers). Nothing for a trial that did not complete: its result did not count."""
+        if trial.state != TrialState.COMPLETE:
+            return {}
+        attrs = trial.user_attrs
+        values: dict[str, float] = {}
+        for split in ("valid", "test"):
+            source = getattr(result, split) if result is not None else attrs.get(split) or {}
+            for task, metrics in source.items():
+                values.update({_metric_key(split, task, m): v for m, v in metrics.items()})
+        for name in ("n_params", "best_epoch", "seconds"):
+            value = getattr(result, name) if result is not None else attrs.get(name)
+            if value is not None:
+                values[name] = float(value)
+        costs = attrs.get("costs") or {}
+        if "latency" in costs:
+            values["latency_ms_per_1k"] = float(costs["latency"])
+        elif result is not None:
+            values["latency_ms_per_1k"] = self._latency(result)
+        if trial.values is not None:
+            for o, v in zip(self._objectives(study), trial.values, strict=True):
+                values[_metric_key("objective", o.name)] = v
+        return {k: float(v) for k, v in values.items() if _finite(v)}
+
+    def _finish_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        result: Any | None,
+        run_id: str,
+        *,
+        status: str | None = None,
+        reason: str | None = None,
+        repaired: bool = False,
+    ) -> None:
         from mlflow.entities import Metric, RunTag
 
         client = self._client
         now = int(time.time() * 1000)
         tags = [RunTag("state", trial.state.name)]
-        reason = trial.user_attrs.get(FAIL_ATTR)
+        reason = trial.user_attrs.get(FAIL_ATTR) or reason
         if reason:
             tags.append(RunTag("fail_reason", str(reason)[:_MAX_TAG]))
-        values: dict[str, float] = {}
-        if result is not None:
-            for split in ("valid", "test"):
-                for task, metrics in getattr(result, split).items():
-                    values.update({_metric_key(split, task, m): v for m, v in metrics.items()})
-            values["n_params"] = float(result.n_params)
-            values["best_epoch"] = float(result.best_epoch)
-            values["seconds"] = float(result.seconds)
-            values["latency_ms_per_1k"] = self._latency(trial, result)
-        if trial.values is not None and self._context is not None:
-            for o, v in zip(self._context.objectives, trial.values, strict=True):
-                values[_metric_key("objective", o.name)] = v
-        metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if _finite(v)]
+        if repaired:
+            tags += [RunTag(TAG_REPAIRED, "true"), RunTag("repaired_by", self._worker)]
+        values = self._final_values(study, trial, result)
+        metrics = [Metric(k, v, now, 0) for k, v in values.items()]
         client.log_batch(run_id, metrics=metrics, tags=tags)
-        utilisation = getattr(result, "utilisation", None)
+        utilisation = getattr(result, "utilisation", None) if result is not None else None
+        if utilisation is None and trial.state == TrialState.COMPLETE:
+            utilisation = trial.user_attrs.get(UTILISATION_ATTR)
         if utilisation:
             client.log_dict(run_id, json_safe(utilisation), "utilisation/utilisation.json")
             client.log_text(run_id, utilisation_csv(utilisation), "utilisation/utilisation.csv")
             png = _figures.utilisation_png(utilisation, f"trial {trial.number}: expert utilisation")
             self._log_bytes(run_id, png, "utilisation", "utilisation.png")
-        client.set_terminated(run_id, _STATUS.get(trial.state, "FAILED"))
+        client.set_terminated(run_id, status or _STATUS.get(trial.state, "FAILED"))
 
-    def _latency(self, trial: FrozenTrial, result: Any) -> float:
-        costs = trial.user_attrs.get("costs", {})
-        if "latency" in costs:
-            return float(costs["latency"])
+    def _latency(self, result: Any) -> float:
         data = getattr(self._context, "data", None)
         if data is None:
             return math.nan
@@ -460,8 +813,9 @@ class MlflowObserver:
                 return runs
 
     def sync_front(self, study: optuna.Study, rounds: int = 5) -> dict[int, int]:
-        """Re-tag the children and refresh the parent from the study's current trials;
-        repeated while other workers completed trials meanwhile. Returns trial -> rank."""
+        """Make the children agree with the study (repairing lost runs), re-tag them and
+        refresh the parent from the study's current trials; repeated while other workers
+        completed trials meanwhile. Returns trial -> rank."""
         ranks: dict[int, int] = {}
         with self._lock:
             for _ in range(rounds):
@@ -474,7 +828,7 @@ class MlflowObserver:
                         strict=True,
                     )
                 )
-                self._retag(trials, ranks)
+                self._reconcile(study, trials, ranks)
                 self._refresh_parent(study, trials)
                 now = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
                 if now == set(ranks):
@@ -488,30 +842,105 @@ class MlflowObserver:
 
         return objectives_of(study)
 
-    def _retag(self, trials: list[FrozenTrial], ranks: dict[int, int]) -> None:
-        from mlflow.entities import RunTag
-
+    def _reconcile(self, study: optuna.Study, trials: list[FrozenTrial], ranks: dict[int, int]) -> None:
+        """One listing of the children, then: duplicates of a finished trial deleted, every
+        child re-tagged, open runs of finished trials closed, missing runs of COMPLETE trials
+        made. Every worker may do this at once; they agree on which duplicate to keep (a
+        choice from properties that never change), and duplicates two of them make for one
+        missing run at the same moment go at the next sync."""
         by_number = {t.number: t for t in trials}
+        groups: dict[int, list[Any]] = {}
         for run in self._children():
-            tags = run.data.tags
             try:
-                number = int(tags.get(TAG_TRIAL, ""))
+                number = int(run.data.tags.get(TAG_TRIAL, ""))
             except ValueError:
                 continue
-            want = {TAG_FRONT: "true" if ranks.get(number) == 0 else "false"}
-            if number in ranks:
-                want[TAG_RANK] = str(ranks[number])
+            groups.setdefault(number, []).append(run)
+        known: dict[int, str] = {}
+        for number, runs in groups.items():
             trial = by_number.get(number)
-            stale = run.info.status == "RUNNING" and trial is not None and trial.state.is_finished()
-            if stale:  # its worker died: the trial was failed by the heartbeat
+            if len(runs) > 1 and trial is not None and trial.state.is_finished():
+                keep = _keeper(trial, runs)
+                for run in runs:
+                    if run is not keep:
+                        self._client.delete_run(run.info.run_id)
+                        logger.info("MLflow: deleted run %s, a duplicate of trial %d's run %s",
+                                    run.info.run_id, number, keep.info.run_id)  # fmt: skip
+                runs = [keep]
+            for run in runs:
+                self._reconcile_run(study, run, trial, ranks)
+            known[number] = runs[0].info.run_id
+        for trial in trials:
+            if trial.state == TrialState.COMPLETE and trial.number not in groups:
+                known[trial.number] = self._repair_missing(study, trial, ranks)
+        self._known = known
+
+    def _reconcile_run(
+        self, study: optuna.Study, run: Any, trial: FrozenTrial | None, ranks: dict[int, int]
+    ) -> None:
+        from mlflow.entities import RunTag
+
+        tags, run_id = run.data.tags, run.info.run_id
+        number = int(tags[TAG_TRIAL])
+        want = {TAG_FRONT: "true" if ranks.get(number) == 0 else "false"}
+        if number in ranks:
+            want[TAG_RANK] = str(ranks[number])
+        close = finalize = False
+        if trial is not None and run_id not in self._finishing:
+            if trial.state == TrialState.COMPLETE:
+                # this process closes its own with the result right after telling the study
+                finalize = run.info.status != "FINISHED" and run_id not in self._runs.values()
+                finalize = finalize and self._abandoned(run, trial)
+            elif trial.state.is_finished() and run.info.status == "RUNNING":
+                # Its worker died, or was paused and the trial failed for it: closed now; a
+                # paused worker that wakes closes it the same way (on_trial_end).
+                close = True
                 want["state"] = trial.state.name
-                if trial.state == TrialState.FAIL and FAIL_ATTR not in trial.user_attrs:
-                    want["fail_reason"] = "worker lost (no heartbeat); the trial was retried"
-            changed = [RunTag(k, v) for k, v in want.items() if tags.get(k) != v]
-            if changed:
-                self._client.log_batch(run.info.run_id, tags=changed)
-            if stale:
-                self._client.set_terminated(run.info.run_id, _STATUS.get(trial.state, "FAILED"))
+                if trial.state == TrialState.FAIL and not trial.user_attrs.get(FAIL_ATTR):
+                    want["fail_reason"] = LOST_REASON
+        changed = [RunTag(k, v) for k, v in want.items() if tags.get(k) != v]
+        if changed:
+            self._client.log_batch(run_id, tags=changed)
+        if close:
+            self._client.set_terminated(run_id, _STATUS.get(trial.state, "FAILED"))
+        if finalize:
+            logger.info("MLflow: trial %d completed but its run %s was left %s; closing it from the study",
+                        number, run_id, run.info.status)  # fmt: skip
+            self._finish_trial(study, trial, None, run_id, repaired=True)
+
+    def _abandoned(self, run: Any, trial: FrozenTrial) -> bool:
+        """Whether the open (or failed) run of a COMPLETE trial is nobody's to close any more:
+        this process's own (it is not writing it: its closing failed), one ended in another
+        state, or another worker's that its worker has not closed within the retry window
+        after the trial completed. Closing a run its worker is about to close would be
+        harmless (the same values), but it would carry the ``repaired`` tag for nothing."""
+        if run.info.status != "RUNNING" or run.info.run_id in self._created:
+            return True
+        done = trial.datetime_complete
+        return done is None or (datetime.datetime.now() - done).total_seconds() > self.retry_seconds
+
+    def _repair_missing(self, study: optuna.Study, trial: FrozenTrial, ranks: dict[int, int]) -> str:
+        """A COMPLETE trial has no run (its worker's tracking writes were lost): make one
+        from the study storage, with what ``_start_trial`` and ``_finish_trial`` log except
+        the per-epoch history, which only that worker had."""
+        attrs = trial.user_attrs
+        preset = attrs.get(PRESET_ATTR)
+        worker = str(attrs.get(WORKER_ATTR, ""))  # who ran the trial; repaired_by says who repaired
+        tags = self._trial_tags(trial.number, preset, TrialState.COMPLETE.name, worker)
+        tags[TAG_FRONT] = "true" if ranks.get(trial.number) == 0 else "false"
+        tags[TAG_RANK] = str(ranks[trial.number])
+        tags[TAG_REPAIRED] = "true"
+        name = f"trial-{trial.number}" + (f"-{preset}" if preset else "")
+        run_id = self._create_run(name, tags).info.run_id
+        config = attrs.get(CONFIG_ATTR)
+        if isinstance(config, dict):
+            import yaml
+
+            self._log_config(run_id, config, preset, yaml.safe_dump(config, sort_keys=False))
+        self._finish_trial(study, trial, None, run_id, repaired=True)
+        logger.info("MLflow: trial %d had no run (its worker's tracking writes were lost); "
+                    "made %s from the study", trial.number, run_id)  # fmt: skip
+        return run_id
 
     def _refresh_parent(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
         from mlflow.entities import Metric
@@ -527,17 +956,31 @@ class MlflowObserver:
         points = trial_points(study, objectives)
         metrics.append(Metric("front_size", float(sum(p.rank == 0 for p in points)), now, finished))
         client.log_batch(parent, metrics=metrics)
-        rows = front_records(study, objectives)
+        rows = front_records(study, objectives, run_ids=self._known)
         client.log_dict(parent, json_safe(rows), "front/front.json")
         client.log_text(parent, records_csv(rows), "front/front.csv")
         title = f"{study.study_name}: {len(complete)} completed trials"
         self._log_bytes(parent, _figures.pareto_png(points, objectives, title), "front", "pareto.png")
         client.log_text(parent, _figures.pareto_html(points, objectives, title), "front/pareto.html")
         settings = getattr(self._context, "settings", None)
-        if settings is not None and finished >= settings.n_trials:
-            running = any(t.state == TrialState.RUNNING for t in trials)
-            if not running and client.get_run(parent).info.status == "RUNNING":
-                client.set_terminated(parent, "FINISHED")
+        if settings is None:
+            return
+        status = client.get_run(parent).info.status
+        if finished < settings.n_trials:
+            if status != "RUNNING":  # another worker stopped (close) while this one goes on
+                client.update_run(parent, status="RUNNING")
+        elif status == "RUNNING" and not any(t.state == TrialState.RUNNING for t in trials):
+            client.set_terminated(parent, "FINISHED")
+
+
+def _keeper(trial: FrozenTrial, runs: Sequence[Any]) -> Any:
+    """Of several runs of one finished trial, the one to keep: the run the trial names (its
+    worker's, with the per-epoch history), else the earliest (start time, then id)."""
+    named = trial.user_attrs.get(RUN_ID_ATTR)
+    for run in runs:
+        if run.info.run_id == named:
+            return run
+    return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
 
 def _finite(v: Any) -> bool:

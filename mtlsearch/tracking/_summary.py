@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,9 +74,15 @@ def hypervolume_history(study: optuna.Study, objectives: Sequence[Objective]) ->
     return out
 
 
-def front_records(study: optuna.Study, objectives: Sequence[Objective]) -> list[dict[str, Any]]:
+def front_records(
+    study: optuna.Study, objectives: Sequence[Objective], run_ids: Mapping[int, str] | None = None
+) -> list[dict[str, Any]]:
     """The front as flat rows (CSV/JSON): values, gains over single-task, verdicts, size,
-    test metrics and the MLflow run of each member."""
+    test metrics and the MLflow run of each member.
+
+    ``run_ids`` (trial number -> run id, from the tracker's last look at MLflow) wins over
+    the trial's ``mlflow_run_id`` attribute: a run the tracker had to make for a trial after
+    it completed cannot be recorded in the trial any more (Optuna freezes finished trials)."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     rows = []
     for r in front_table(study, objectives):
@@ -89,7 +95,7 @@ def front_records(study: optuna.Study, objectives: Sequence[Objective]) -> list[
         row["n_params"] = t.user_attrs.get("n_params")
         for task, metrics in sorted(t.user_attrs.get("test", {}).items()):
             row.update({f"test {task}:{m}": v for m, v in metrics.items()})
-        row["mlflow_run_id"] = t.user_attrs.get(RUN_ID_ATTR)
+        row["mlflow_run_id"] = (run_ids or {}).get(r.trial) or t.user_attrs.get(RUN_ID_ATTR)
         rows.append(row)
     return rows
 

@@ -29,6 +29,15 @@ from mtlsearch.train._config import (
 from mtlsearch.train._errors import TrainingDiverged
 from mtlsearch.train._fit import EpochReport, TrainResult, check_compatible, fit
 from mtlsearch.train._latency import measure_latency
+from mtlsearch.train._memory import (
+    MAX_MEMORY_ENV,
+    MemoryEstimate,
+    MemoryLimitExceeded,
+    available_memory,
+    check_memory,
+    estimate_memory,
+    memory_limit,
+)
 from mtlsearch.train._tasks import PRIMARY_METRICS, TASK_KINDS, compute_metrics, mtl_gain
 from mtlsearch.train._weighting import (
     LOSS_WEIGHTINGS,
@@ -43,6 +52,7 @@ from mtlsearch.train._weighting import (
 __all__ = [
     "DEFAULT_PRESETS",
     "LOSS_WEIGHTINGS",
+    "MAX_MEMORY_ENV",
     "OPTIMIZERS",
     "PRIMARY_METRICS",
     "SINGLE_TASK",
@@ -57,17 +67,23 @@ __all__ = [
     "FixedWeighting",
     "LossWeighting",
     "LossWeightingConfig",
+    "MemoryEstimate",
+    "MemoryLimitExceeded",
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
     "UncertaintyWeighting",
+    "available_memory",
     "check_compatible",
+    "check_memory",
     "classify_gains",
     "compute_metrics",
+    "estimate_memory",
     "fit",
     "load_checkpoint",
     "make_loss_weighting",
     "measure_latency",
+    "memory_limit",
     "mtl_gain",
     "predict",
     "register_loss_weighting",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +27,7 @@ from torch import Tensor, nn
 
 import mtlsearch
 from mtlsearch._errors import UserError
-from mtlsearch._fs import replace_dir
+from mtlsearch._fs import make_temp_dir, recover, replace_dir
 from mtlsearch.arch import TaskSpec, build_model
 from mtlsearch.data import MTLDataset, Preprocessor
 from mtlsearch.train._config import ExperimentConfig
@@ -135,10 +134,11 @@ def save_checkpoint(result: TrainResult, data: MTLDataset, out_dir: Path, *, ove
     An existing ``out_dir`` is an error unless ``overwrite``. Nothing is left behind on failure.
     """
     out_dir = Path(out_dir)
+    recover(out_dir)  # a replace killed half-way put the previous folder aside: restore it
     if out_dir.exists() and not overwrite:
         raise UserError(f"{out_dir}: already exists; choose another output directory")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir)
     try:
         state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
         torch.save(state, tmp / WEIGHTS)
@@ -161,6 +161,8 @@ def save_checkpoint(result: TrainResult, data: MTLDataset, out_dir: Path, *, ove
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint directory; every problem is a UserError naming the file."""
     path = Path(path)
+    if not path.exists():
+        recover(path)  # a replace killed half-way put the previous folder aside
     if not path.is_dir():
         raise UserError(f"{path}: no such checkpoint directory")
     for name in (WEIGHTS, CONFIG, PREPROCESSING, METRICS):

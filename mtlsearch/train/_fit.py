@@ -31,7 +31,8 @@ from mtlsearch.arch import ArchConfig, TaskSpec, build_model, count_parameters
 from mtlsearch.data import MTLDataset, TensorSplit
 from mtlsearch.train._config import OPTIMIZERS, ExperimentConfig, TrainConfig
 from mtlsearch.train._errors import TrainingDiverged
-from mtlsearch.train._evaluate import Evaluator, mean_skill, split_to
+from mtlsearch.train._evaluate import EVAL_BATCH, Evaluator, mean_skill, split_to
+from mtlsearch.train._memory import check_memory
 from mtlsearch.train._tasks import TASK_KINDS
 from mtlsearch.train._weighting import LossWeighting, make_loss_weighting
 
@@ -265,12 +266,18 @@ class _BestWeights:
             self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _split_bytes(split: TensorSplit) -> int:
+    tensors = [split.numeric, split.categorical, *split.labels.values(), *split.masks.values()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def fit(
     config: ExperimentConfig,
     data: MTLDataset,
     *,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
+    max_memory: int | str | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on ``data`` as ``config.training`` says.
 
@@ -278,12 +285,27 @@ def fit(
     a callback raises (the search's pruning signal, say) propagates out of ``fit``.
     Raises :class:`TrainingDiverged` when a loss or prediction becomes NaN/infinite, and
     :class:`UserError` when the config does not fit the data.
+
+    Before the model is built, the memory the run needs is estimated without allocating
+    anything (:func:`~mtlsearch.train.estimate_memory`); above ``max_memory`` (bytes or a
+    size such as ``"8GiB"``; default ``$MTLSEARCH_MAX_MEMORY``, else 90 % of the available
+    memory) it raises :class:`~mtlsearch.train.MemoryLimitExceeded` (a ``UserError``)
+    instead of dying in the allocator or being killed by the OS.
     """
     started = time.perf_counter()
     tc = config.training
     check_compatible(config.model, data)
     tasks = config.model.tasks
     device = torch.device(tc.device) if tc.device else torch.get_default_device()
+    splits = (data.train, data.valid, data.test)
+    check_memory(
+        config,
+        max_memory=max_memory,
+        device=device,
+        train_rows=len(data.train),
+        eval_rows=min(EVAL_BATCH, max(len(data.valid), len(data.test), 1)),
+        data_bytes=0 if data.train.numeric.device == device else sum(_split_bytes(s) for s in splits),
+    )
     rng_devices = [] if device.type == "cpu" else [device]
     history: list[EpochReport] = []
     epoch_seconds: list[float] = []
