@@ -39,7 +39,10 @@ def test_a_search_whose_every_trial_fails_exits_1_with_a_summary_and_no_tracebac
     assert "Traceback" not in out, out
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr
-    assert errors[0].startswith("error: every trial of study x failed (3): 3 x MemoryLimitExceeded: model ")
+    assert errors[0].startswith(
+        "error: every trial of study x failed (3): "
+        "3 x MemoryLimitExceeded (trial 0: MemoryLimitExceeded: model "
+    ), errors[0]
     study = optuna.load_study(study_name="x", storage=f"sqlite:///{tmp_path / 's.db'}")
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * 3

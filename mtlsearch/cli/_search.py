@@ -164,24 +164,29 @@ def _run_in(ctx: Any, n_jobs: int, timeout: float | None, progress: Progress) ->
 
 
 def _failure_summary(study: optuna.Study) -> str | None:
-    """One line per distinct failure reason when no trial of the study completed."""
+    """One line when no trial of the study completed: the failures counted by kind (the
+    exception type, or "invalid sample"), each with its first trial's reason as the example."""
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.COMPLETE for t in trials):
         return None
-    reasons: dict[str, int] = {}
+    kinds: dict[str, list[tuple[int, str]]] = {}
     for t in trials:
         reason = t.user_attrs.get("fail_reason")
         if t.state == TrialState.FAIL and reason:
-            first = str(reason).splitlines()[0][:200]
-            reasons[first] = reasons.get(first, 0) + 1
-    if not reasons:
+            first = str(reason).splitlines()[0] if str(reason).strip() else "?"
+            kinds.setdefault(first.split(": ", 1)[0], []).append((t.number, first))
+    if not kinds:
         return None
-    lines = [f"{n} x {r}" for r, n in sorted(reasons.items(), key=lambda kv: -kv[1])]
+    parts = []
+    for kind, items in sorted(kinds.items(), key=lambda kv: -len(kv[1])):
+        number, example = items[0]
+        example = example if len(example) <= 300 else example[:297] + "..."
+        parts.append(f"{len(items)} x {kind} (trial {number}: {example})")
     return (
-        f"every trial of study {study.study_name} failed ({sum(reasons.values())}): "
-        + "; ".join(lines[:5])
-        + (f"; and {len(lines) - 5} other reasons" if len(lines) > 5 else "")
-        + " (tracebacks: trial attribute fail_traceback, or run with -v)"
+        f"every trial of study {study.study_name} failed ({sum(len(v) for v in kinds.values())}): "
+        + "; ".join(parts[:5])
+        + (f"; and {len(parts) - 5} other kinds" if len(parts) > 5 else "")
+        + " — tracebacks in each trial's fail_traceback attribute, or run with -v"
     )
 
 
