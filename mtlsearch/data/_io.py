@@ -40,8 +40,9 @@ def read_table(path: str | Path, files: FileSpec | None = None) -> pd.DataFrame:
     """Read one table with the reading options of ``files``.
 
     Errors (one line, naming the file): no such file, empty file, a file that is not valid
-    CSV/Parquet (including truncated gzip), a headerless file whose field count differs
-    from ``files.columns``, and a table without data rows.
+    CSV/Parquet (including truncated gzip), a header that names a column twice (pandas
+    would silently rename the second ``age.1``), a headerless file whose field count
+    differs from ``files.columns``, and a table without data rows.
     """
     files = files or FileSpec(path=str(path))
     path = Path(path)
@@ -65,6 +66,8 @@ def read_table(path: str | Path, files: FileSpec | None = None) -> pd.DataFrame:
                 keep_default_na=files.na_values is None,
                 low_memory=False,
             )
+            if files.header:
+                _check_header(path, files)
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: the file is empty (no columns)") from None
     except PermissionError:
@@ -82,6 +85,8 @@ def read_table(path: str | Path, files: FileSpec | None = None) -> pd.DataFrame:
         if type(exc).__module__.startswith("pyarrow"):
             raise UserError(f"{path}: cannot read as {fmt.upper()} ({first_line(exc)})") from None
         raise
+    if fmt == "parquet":
+        _reject_duplicates(path, [str(c) for c in frame.columns])
     if files.columns is not None:
         if frame.shape[1] != len(files.columns):
             raise UserError(
@@ -94,6 +99,31 @@ def read_table(path: str | Path, files: FileSpec | None = None) -> pd.DataFrame:
         raise UserError(f"{path}: no data rows")
     log.debug("read %s: %d rows x %d columns", path, *frame.shape)
     return frame
+
+
+def _check_header(path: Path, files: FileSpec) -> None:
+    """Read the header line as data (one row) and refuse a column name given twice."""
+    names = pd.read_csv(
+        path,
+        sep=files.sep,
+        header=None,
+        nrows=1,
+        dtype=str,
+        keep_default_na=False,
+        skipinitialspace=files.skipinitialspace,
+    )
+    _reject_duplicates(path, [str(v) for v in names.iloc[0].tolist()] if len(names) else [])
+
+
+def _reject_duplicates(path: Path, names: list[str]) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise UserError(
+                f"{path}: column {name!r} appears twice in the header (fields {seen[name] + 1} and "
+                f"{i + 1}); rename one of them"
+            )
+        seen[name] = i
 
 
 def require_columns(frame: pd.DataFrame, columns: Iterable[str], source: str, what: str) -> None:

@@ -8,7 +8,10 @@
   mean (0 after scaling) and, for columns that had any missing value in training, flagged
   in an extra ``<column>:missing`` indicator column.
 * labels -> float 0/1 (binary), float (regression), int class codes (multiclass) plus a
-  boolean mask for the task's sample space.
+  boolean mask for the task's sample space. Labels stay in their own units; for a
+  regression task (unless ``standardize: false``) the training rows' label mean and
+  standard deviation are fitted here (:attr:`Preprocessor.label_scaling`), and the trainer
+  computes its loss on ``(y - mean) / std`` and maps predictions back with them.
 
 The fitted :class:`Preprocessor` is plain data (JSON via ``to_dict``/``save``, never
 pickle), so an exported model can score raw rows. Everything is vectorised per column.
@@ -263,13 +266,25 @@ def _sorted_classes(col: pd.Series) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class TaskEncoder:
-    """A task's label transform and sample-space rule, with its fitted classes (multiclass)."""
+    """A task's label transform and sample-space rule, with its fitted classes (multiclass)
+    and, for a standardised regression task, the training label's ``mean`` and ``std``
+    (population standard deviation, label units; 1.0 for a constant label, which the
+    loader refuses anyway)."""
 
     task: TaskDef
     classes: tuple[str, ...] | None = None
+    mean: float | None = None
+    std: float | None = None
 
     @classmethod
     def fit(cls, task: TaskDef, frame: pd.DataFrame, source: str) -> TaskEncoder:
+        if task.standardized:
+            y, m = cls(task).encode(frame, source)
+            values = y[m].astype(np.float64)
+            if values.size == 0:
+                return cls(task)  # the loader says the task has no training rows
+            std = float(values.std())
+            return cls(task, mean=float(values.mean()), std=std if std > 0 and np.isfinite(std) else 1.0)
         if task.kind != "multiclass":
             return cls(task)
         classes = (
@@ -350,6 +365,13 @@ class Preprocessor:
         return tuple(t.spec for t in self.tasks)
 
     @property
+    def label_scaling(self) -> dict[str, tuple[float, float]]:
+        """``{task: (mean, std)}`` in label units for every standardised regression task: the
+        trainer's loss reads ``(y - mean) / std``, and a raw network output ``z`` is the
+        prediction ``z * std + mean``. Serving a model needs the same map."""
+        return {t.task.name: (t.mean, t.std) for t in self.tasks if t.mean is not None and t.std is not None}
+
+    @property
     def input_columns(self) -> tuple[str, ...]:
         """The raw columns a row needs for scoring (labels are not needed)."""
         return tuple(s.column for s in self.numeric) + tuple(e.column for e in self.categorical)
@@ -412,6 +434,8 @@ class Preprocessor:
                     TaskEncoder(
                         _task_from_plain(t["task"]),
                         tuple(t["classes"]) if t.get("classes") is not None else None,
+                        mean=t.get("mean"),
+                        std=t.get("std"),
                     )
                     for t in data["tasks"]
                 ),

@@ -21,6 +21,14 @@ Example::
       - {name: ctr, label: click, kind: binary}
       - {name: cvr, label: purchase, kind: binary, where: {click: 1}}
       # the same mask in long form: mask: {column: click, values: [1]}
+      - {name: basket, label: amount, kind: regression, standardize: true}
+
+Every split needs rows: with one file, ``split.valid`` and ``split.test`` must be above 0
+(the validation rows pick the epoch, the test rows measure the model); with train and test
+files and no validation file, ``split.valid`` must be above 0. A feature may be listed
+once. A regression label is standardised with its training mean and standard deviation
+by default (``standardize: false`` trains on the raw values); the loss is computed on the
+standardised label, and every prediction and metric is reported in the label's own units.
 """
 
 from __future__ import annotations
@@ -305,6 +313,14 @@ class FeatureSpec:
             f"{p}.missing_indicator",
             "expected true or false",
         )
+        for key in ("numeric", "categorical"):
+            cols = getattr(self, key)
+            if cols == AUTO:
+                continue
+            seen: set[str] = set()
+            for i, c in enumerate(cols):
+                _check(c not in seen, f"{p}.{key}[{i}]", f"column {c!r} is listed twice")
+                seen.add(c)
         if self.numeric != AUTO and self.categorical != AUTO:
             both = set(self.numeric) & set(self.categorical)
             _check(not both, f"{p}.categorical", f"column(s) {sorted(both)} are also listed as numeric")
@@ -369,6 +385,8 @@ class TaskDef:
     (``negative``, when also given, makes any other value an error) or ``threshold`` makes
     the label ``value > threshold``. A multiclass task's classes are the training values
     unless ``classes`` lists them. Rows whose label is missing are outside the sample space.
+    A regression label is standardised on the training rows unless ``standardize`` is
+    false (only for regression tasks); predictions and metrics stay in the label's units.
 
     ``mask`` holds the conditions (AND-ed) that define the task's sample space; in YAML it is
     a column name, a ``{column, values | threshold}`` mapping or a list of them, and
@@ -383,6 +401,7 @@ class TaskDef:
     threshold: float | None = None
     classes: tuple[Scalar, ...] | None = None
     mask: tuple[MaskSpec, ...] = ()
+    standardize: bool | None = None  # None: the kind's default (regression: true)
 
     def validate(self, path: str) -> None:
         _check(
@@ -406,6 +425,13 @@ class TaskDef:
                 _check(getattr(self, key) is None, f"{path}.{key}", "only for binary tasks")
         if self.kind != "multiclass":
             _check(self.classes is None, f"{path}.classes", "only for multiclass tasks")
+        _check(
+            self.standardize is None or isinstance(self.standardize, bool),
+            f"{path}.standardize",
+            f"expected true or false, got {self.standardize!r}",
+        )
+        if self.kind != "regression":
+            _check(self.standardize is None, f"{path}.standardize", "only for regression tasks")
         _check(
             self.positive is None or self.threshold is None,
             f"{path}.threshold",
@@ -432,6 +458,11 @@ class TaskDef:
             )
         for i, m in enumerate(self.mask):
             m.validate(f"{path}.mask[{i}]")
+
+    @property
+    def standardized(self) -> bool:
+        """Whether the trainer sees this task's label standardised (regression by default)."""
+        return self.kind == "regression" and self.standardize is not False
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -491,6 +522,20 @@ class DatasetSpec:
         names = [t.name for t in self.tasks]
         for i, n in enumerate(names):
             _check(names.index(n) == i, f"tasks[{i}].name", f"duplicate task name {n!r}")
+        split, files = self.split, self.files
+        carved = ("valid", "test") if files.single else ("valid",) if files.valid is None else ()
+        for key in carved:
+            _check(
+                getattr(split, key) > 0,
+                f"split.{key}",
+                f"must be above 0 (got {getattr(split, key)!r}): "
+                + (
+                    "the validation rows pick the best epoch"
+                    if key == "valid"
+                    else "the test rows measure the trained model"
+                )
+                + (f"; with one file both parts come from {files.path}" if files.single else ""),
+            )
         labels = {t.label: t.name for t in self.tasks}
         for key in ("numeric", "categorical"):
             cols = getattr(self.features, key)

@@ -58,6 +58,11 @@ class MTLDataset:
     ``preprocessor`` is the fitted transform from raw rows to tensors (None for generated
     data that is already numeric); it is saved with a trained model so that an exported
     model scores raw rows.
+
+    ``label_scaling`` maps a regression task to the ``(mean, std)`` (label units) of its
+    training labels when the trainer should learn it standardised: the split tensors keep
+    the labels in their own units, the loss reads ``(y - mean) / std``, and predictions and
+    metrics come back in label units. Empty (no standardisation) unless the loader fits it.
     """
 
     name: str
@@ -69,6 +74,7 @@ class MTLDataset:
     test: TensorSplit
     preprocessor: Any = None
     meta: dict[str, Any] = field(default_factory=dict)
+    label_scaling: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def input_spec(self, embed_dim: int | None = None) -> InputSpec:
         """The architecture's input encoder for this data.

@@ -4,7 +4,9 @@ Layout (all plain, inspectable formats; no pickle anywhere)::
 
     model.pt             state_dict only (torch.save); loaded with weights_only=True
     config.yaml          the ExperimentConfig (architecture + training)
-    preprocessing.json   the fitted preprocessing, so predict reads raw CSV/Parquet rows
+    preprocessing.json   the fitted preprocessing, so predict reads raw CSV/Parquet rows, and
+                         "label_scaling": {task: {"mean", "std"}} for regression tasks
+                         learned standardised: raw output z means z * std + mean
     metrics.json         valid/test metrics, history, utilisation, versions
 
 A checkpoint is written into a temporary sibling directory and renamed into place at the
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +33,7 @@ from mtlsearch._fs import make_temp_dir, recover, replace_dir
 from mtlsearch.arch import TaskSpec, build_model
 from mtlsearch.data import MTLDataset, Preprocessor
 from mtlsearch.train._config import ExperimentConfig
-from mtlsearch.train._evaluate import raw_outputs
+from mtlsearch.train._evaluate import raw_outputs, unscale
 from mtlsearch.train._fit import TrainResult
 from mtlsearch.train._tasks import TASK_KINDS
 
@@ -92,11 +94,28 @@ class ColumnSelector:
         return cls(data["numeric"], [tuple(c) for c in data["categorical"]])
 
 
-def _preprocessing_to_dict(data: MTLDataset) -> dict[str, Any]:
+def _preprocessing_to_dict(data: MTLDataset, label_scaling: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    scaling = {k: {"mean": m, "std": s} for k, (m, s) in label_scaling.items()}
     if data.preprocessor is None:
         selector = ColumnSelector(list(data.numeric_features), [tuple(c) for c in data.categorical_features])
-        return {"format": _FORMAT, "kind": "columns", "state": selector.to_dict()}
-    return {"format": _FORMAT, "kind": "fitted", "state": data.preprocessor.to_dict()}
+        return {"format": _FORMAT, "kind": "columns", "state": selector.to_dict(), "label_scaling": scaling}
+    return {
+        "format": _FORMAT,
+        "kind": "fitted",
+        "state": data.preprocessor.to_dict(),
+        "label_scaling": scaling,
+    }
+
+
+def _label_scaling(raw: Any) -> dict[str, tuple[float, float]]:
+    """``{task: (mean, std)}`` from preprocessing.json (absent in older checkpoints: none)."""
+    out: dict[str, tuple[float, float]] = {}
+    for task, v in (raw or {}).items():
+        mean, std = float(v["mean"]), float(v["std"])
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise ValueError(f"label_scaling of task {task!r}: mean {mean}, std {std}")
+        out[str(task)] = (mean, std)
+    return out
 
 
 _PREPROCESSING_KINDS = {"columns": ColumnSelector.from_dict, "fitted": Preprocessor.from_dict}
@@ -122,6 +141,9 @@ class Checkpoint:
     config: ExperimentConfig
     preprocessor: RowTransform
     metrics: dict[str, Any]
+    #: ``{task: (mean, std)}``: the regression tasks whose raw output is a standardised
+    #: label; ``predict`` (and any serving program) returns ``z * std + mean``.
+    label_scaling: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def tasks(self) -> tuple[TaskSpec, ...]:
@@ -143,7 +165,9 @@ def save_checkpoint(result: TrainResult, data: MTLDataset, out_dir: Path, *, ove
         state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
         torch.save(state, tmp / WEIGHTS)
         result.config.save(tmp / CONFIG)
-        (tmp / PREPROCESSING).write_text(json.dumps(_preprocessing_to_dict(data), indent=2))
+        (tmp / PREPROCESSING).write_text(
+            json.dumps(_preprocessing_to_dict(data, result.label_scaling), indent=2)
+        )
         metrics = {
             "dataset": data.name,
             "tasks": [{"name": t.name, "kind": t.kind} for t in result.config.model.tasks],
@@ -185,6 +209,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise UserError(f"{path / PREPROCESSING}: not a preprocessing file of this version") from None
     try:
         preprocessor = loader(prep["state"])
+        label_scaling = _label_scaling(prep.get("label_scaling"))
     except UserError:
         raise
     except Exception as exc:
@@ -193,7 +218,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         metrics = json.loads((path / METRICS).read_text())
     except ValueError as exc:
         raise UserError(f"{path / METRICS}: not valid JSON ({exc})") from None
-    return Checkpoint(path=path, model=model, config=config, preprocessor=preprocessor, metrics=metrics)
+    return Checkpoint(
+        path=path,
+        model=model,
+        config=config,
+        preprocessor=preprocessor,
+        metrics=metrics,
+        label_scaling=label_scaling,
+    )
 
 
 def _class_names(preprocessor: Any) -> dict[str, tuple[str, ...]]:
@@ -207,7 +239,8 @@ def _class_names(preprocessor: Any) -> dict[str, tuple[str, ...]]:
 
 def predict(checkpoint: Checkpoint, df: pd.DataFrame, *, source: str = "rows") -> pd.DataFrame:
     """Score raw rows: one column per task (binary: probability of the positive class;
-    regression: the value; multiclass: the predicted class plus ``<task>_prob_<class>``).
+    regression: the value, in the label's units; multiclass: the predicted class plus
+    ``<task>_prob_<class>``).
 
     Rows go through the saved preprocessing, so unseen categories land in the OOV bucket
     and a missing feature column is a UserError naming it (and ``source``).
@@ -227,6 +260,6 @@ def predict(checkpoint: Checkpoint, df: pd.DataFrame, *, source: str = "rows") -
         kind = TASK_KINDS[t.kind]
         if t.name not in outs:  # zero rows
             outs[t.name] = torch.empty((0, t.out_dim) if t.kind == "multiclass" else (0,))
-        pred = kind.predict(outs[t.name]).double().numpy()
+        pred = unscale(kind.predict(outs[t.name]), checkpoint.label_scaling.get(t.name)).double().numpy()
         columns.update(kind.columns(t.name, pred, classes.get(t.name)))
     return pd.DataFrame(columns, index=df.index)

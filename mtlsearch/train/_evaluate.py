@@ -2,11 +2,16 @@
 
 Labels, masks and the reference statistics the skills need are read once when the
 evaluator is built; each call is then one batched forward pass over the split.
+
+Metrics are in the labels' own units: a regression task trained on standardised labels
+(``MTLDataset.label_scaling``) has its predictions mapped back (``z * std + mean``) before
+any metric sees them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -48,12 +53,44 @@ def raw_outputs(model: nn.Module, numeric: Tensor, categorical: Tensor) -> dict[
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
-class Evaluator:
-    """Metrics of a model on one split, per task, on the task's unmasked samples only."""
+def unscale(pred: Tensor, scale: tuple[float, float] | None) -> Tensor:
+    """A regression prediction in label units: ``pred * std + mean`` for a task trained on
+    standardised labels (``scale = (mean, std)``), computed in float64; else ``pred``."""
+    if scale is None:
+        return pred
+    mean, std = scale
+    return pred.double() * std + mean
 
-    def __init__(self, split: TensorSplit, tasks: tuple[TaskSpec, ...]) -> None:
+
+def scale_labels(split: TensorSplit, scaling: Mapping[str, tuple[float, float]]) -> TensorSplit:
+    """``split`` with each scaled task's labels standardised, ``(y - mean) / std`` (float32):
+    what the loss reads. Other tasks' tensors are shared, not copied."""
+    if not scaling:
+        return split
+    labels = dict(split.labels)
+    for name, (mean, std) in scaling.items():
+        if name in labels:
+            labels[name] = ((labels[name].double() - mean) / std).to(labels[name].dtype)
+    return TensorSplit(split.numeric, split.categorical, labels, split.masks)
+
+
+class Evaluator:
+    """Metrics of a model on one split, per task, on the task's unmasked samples only.
+
+    ``label_scaling`` (task -> (mean, std)) names the regression tasks whose network output
+    is a standardised label; their predictions are mapped back to label units, so every
+    metric (MSE, MAE, R^2 skill) is in the label's units.
+    """
+
+    def __init__(
+        self,
+        split: TensorSplit,
+        tasks: tuple[TaskSpec, ...],
+        label_scaling: Mapping[str, tuple[float, float]] | None = None,
+    ) -> None:
         self.split = split
         self.tasks = tasks
+        self.scaling = dict(label_scaling or {})
         self.rows: dict[str, Tensor] = {}
         self.labels: dict[str, np.ndarray] = {}
         for t in tasks:
@@ -66,7 +103,9 @@ class Evaluator:
         outs = raw_outputs(model, self.split.numeric, self.split.categorical)
         preds = {}
         for t in self.tasks:
-            pred = TASK_KINDS[t.kind].predict(outs[t.name][self.rows[t.name]])
+            pred = unscale(
+                TASK_KINDS[t.kind].predict(outs[t.name][self.rows[t.name]]), self.scaling.get(t.name)
+            )
             if not bool(torch.isfinite(pred).all()):
                 where = f" after epoch {epoch}" if epoch is not None else ""
                 raise TrainingDiverged(f"the predictions of task {t.name!r} became NaN or infinite{where}")
@@ -126,5 +165,8 @@ def _selection(model: nn.Module, level: int, gate: str, n_experts: int) -> list[
 
 
 def mean_skill(skills: dict[str, float]) -> float:
-    values = list(skills.values())
+    """The mean of the tasks' defined (non-NaN) skills; NaN when none is defined. An
+    undefined skill (a split where the task's label does not vary) is left out rather than
+    turning the whole monitor into NaN, which would let no epoch be better than another."""
+    values = [v for v in skills.values() if not math.isnan(v)]
     return math.fsum(values) / len(values) if values else math.nan

@@ -6,6 +6,16 @@ masked rows are *selected out* before the loss, so their labels (even NaN) never
 loss or its gradient. The weighting method (a registry, see ``_weighting``) combines the
 ``L_k``; the loop never knows which method it runs.
 
+Labels on a large scale: a regression task listed in ``data.label_scaling`` is learned on
+its standardised label ``(y - mean) / std`` (training mean and std), as the features are;
+its predictions are mapped back before any metric, so every reported number is in the
+label's own units.
+
+Epoch selection: the monitor (mean skill, or one task's skill) picks the best epoch. A task
+whose validation skill is undefined (NaN: its label does not vary in the validation rows,
+which the data loader refuses for its own tables) is left out of the mean with a warning;
+a NaN score never selects an epoch.
+
 Determinism: the initial weights come from ``build_model(config, seed)``, the shuffling from
 a local ``torch.Generator``, and dropout from the global RNG seeded inside
 ``torch.random.fork_rng`` (so the caller's RNG state is left untouched). On the CPU the
@@ -31,7 +41,7 @@ from mtlsearch.arch import ArchConfig, TaskSpec, build_model, count_parameters
 from mtlsearch.data import MTLDataset, TensorSplit
 from mtlsearch.train._config import OPTIMIZERS, ExperimentConfig, TrainConfig
 from mtlsearch.train._errors import TrainingDiverged
-from mtlsearch.train._evaluate import EVAL_BATCH, Evaluator, mean_skill, split_to
+from mtlsearch.train._evaluate import EVAL_BATCH, Evaluator, mean_skill, scale_labels, split_to
 from mtlsearch.train._memory import check_memory
 from mtlsearch.train._tasks import TASK_KINDS
 from mtlsearch.train._weighting import LossWeighting, make_loss_weighting
@@ -70,9 +80,12 @@ class TrainResult:
     """A trained network (best-epoch weights, eval mode) and how it got there.
 
     ``valid`` is the best epoch's validation metrics; ``test`` is measured once, with the
-    best weights. ``utilisation`` is the mean gate weight per expert on the validation split,
-    keyed ``"level<l>/<gate>"``. ``seconds`` is the whole fit, ``epoch_seconds`` train plus
-    validation per epoch.
+    best weights; both in the labels' units. ``best_epoch`` indexes ``history`` (0-based);
+    what is written for users (``metrics_dict``, metrics.json) numbers epochs from 1.
+    ``label_scaling`` is the ``{task: (mean, std)}`` the model's regression outputs are
+    standardised with: a raw output ``z`` means ``z * std + mean``. ``utilisation`` is the
+    mean gate weight per expert on the validation split, keyed ``"level<l>/<gate>"``.
+    ``seconds`` is the whole fit, ``epoch_seconds`` train plus validation per epoch.
     """
 
     model: nn.Module
@@ -85,15 +98,20 @@ class TrainResult:
     n_params: int
     seconds: float
     epoch_seconds: list[float]
+    label_scaling: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def best(self) -> EpochReport:
         return self.history[self.best_epoch]
 
     def metrics_dict(self) -> dict[str, Any]:
-        """Everything but the model, as JSON-able data."""
+        """Everything but the model, as JSON-able data. Epochs are numbered from 1 here
+        (``best_epoch`` and each history entry's ``epoch``), as the CLI prints them:
+        ``best_epoch`` 5 with 5 epochs run means the last one."""
+        history = [{**r.to_dict(), "epoch": r.epoch + 1} for r in self.history]
         return {
-            "best_epoch": self.best_epoch,
+            "best_epoch": self.best_epoch + 1,
+            "epochs_run": len(self.history),
             "score": self.best.score,
             "valid": self.valid,
             "test": self.test,
@@ -101,7 +119,8 @@ class TrainResult:
             "n_params": self.n_params,
             "seconds": self.seconds,
             "epoch_seconds": list(self.epoch_seconds),
-            "history": [r.to_dict() for r in self.history],
+            "history": history,
+            "label_scaling": {k: {"mean": m, "std": s} for k, (m, s) in self.label_scaling.items()},
         }
 
 
@@ -252,7 +271,8 @@ def _fmt_metrics(valid: dict[str, dict[str, float]]) -> str:
 
 
 class _BestWeights:
-    """The best-scoring epoch so far and a copy of its weights; a NaN score never wins."""
+    """The best-scoring epoch so far and a copy of its weights. A NaN score never selects
+    an epoch: while every score is NaN, ``epoch`` stays -1 and ``state`` None."""
 
     def __init__(self) -> None:
         self.epoch = -1
@@ -260,10 +280,26 @@ class _BestWeights:
         self.state: dict[str, Tensor] | None = None
 
     def update(self, epoch: int, score: float, model: nn.Module) -> None:
-        value = -math.inf if math.isnan(score) else score
-        if self.state is None or value > self.score:
-            self.epoch, self.score = epoch, value
+        if math.isnan(score):
+            return
+        if self.state is None or score > self.score:
+            self.epoch, self.score = epoch, score
             self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _monitor_score(monitor: str, skills: dict[str, float], warned: set[str], epoch: int) -> float:
+    """The monitor's value; a task whose skill is NaN is left out of the mean, with one
+    warning per task."""
+    for name, value in skills.items():
+        if math.isnan(value) and name not in warned and (monitor in ("mean", name)):
+            warned.add(name)
+            logger.warning(
+                "task %r: validation skill undefined at epoch %d (its label does not vary in the "
+                "validation rows); %s",
+                name, epoch + 1,
+                "left out of the mean monitor" if monitor == "mean" else "it cannot select an epoch",
+            )  # fmt: skip
+    return mean_skill(skills) if monitor == "mean" else skills[monitor]
 
 
 def _split_bytes(split: TensorSplit) -> int:
@@ -316,9 +352,15 @@ def fit(
         weighting = make_loss_weighting(tc.loss_weighting, tasks).to(device)
         optimizer = _make_optimizer(tc, model, weighting)
         shuffle = torch.Generator().manual_seed(tc.seed)
-        train = split_to(data.train, device)
+        scaling = {
+            t.name: data.label_scaling[t.name]
+            for t in tasks
+            if t.kind == "regression" and t.name in data.label_scaling
+        }
+        train = scale_labels(split_to(data.train, device), scaling)  # the loss reads these
         full = {t.name: bool(train.masks[t.name].all()) for t in tasks}
-        valid_eval = Evaluator(split_to(data.valid, device), tasks)
+        valid_eval = Evaluator(split_to(data.valid, device), tasks, scaling)
+        warned: set[str] = set()
         n_batches = math.ceil(len(train) / tc.batch_size)
         with _progress(progress) as bar:
             for epoch in range(tc.epochs):
@@ -335,7 +377,7 @@ def fit(
                 )
                 valid = valid_eval.evaluate(model, epoch)
                 skills = valid_eval.skills(valid)
-                score = mean_skill(skills) if tc.monitor == "mean" else skills[tc.monitor]
+                score = _monitor_score(tc.monitor, skills, warned, epoch)
                 report = EpochReport(epoch, train_loss, task_losses, valid, score, weights_now, skills)
                 history.append(report)
                 epoch_seconds.append(time.perf_counter() - t0)
@@ -354,10 +396,16 @@ def fit(
                         epoch + 1, tc.monitor, tc.patience, best.epoch + 1,
                     )  # fmt: skip
                     break
-        assert best.state is not None  # epochs >= 1
-        model.load_state_dict(best.state)
+        if best.state is None:  # every score NaN: no epoch was selected, keep the last
+            logger.warning(
+                "the %r monitor was undefined in every epoch; keeping the last epoch's weights",
+                tc.monitor,
+            )
+            best.epoch = len(history) - 1
+        else:
+            model.load_state_dict(best.state)
         model.eval()
-        test = Evaluator(split_to(data.test, device), tasks).evaluate(model)
+        test = Evaluator(split_to(data.test, device), tasks, scaling).evaluate(model)
         utilisation = valid_eval.utilisation(model)
     return TrainResult(
         model=model,
@@ -370,4 +418,5 @@ def fit(
         n_params=count_parameters(model),
         seconds=time.perf_counter() - started,
         epoch_seconds=epoch_seconds,
+        label_scaling=scaling,
     )
