@@ -157,7 +157,7 @@ def test_the_serving_program_scores_in_a_process_with_only_torch(knee_export, tm
     assert schema["inputs"] == list(data.numeric_features)
     assert schema["outputs"] == ["y1", "y2"]
     rows = data.test.numeric[:200]
-    torch.save(rows.clone(), tmp_path / "x.pt")  # the serving input: numeric columns (no categorical here)
+    torch.save(rows.double(), tmp_path / "x.pt")  # the serving input: raw numeric columns, float64
     (tmp_path / "serve.py").write_text(SERVE)
     site = str(Path(torch.__file__).resolve().parents[1])
     work = tmp_path / "elsewhere"

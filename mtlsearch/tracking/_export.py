@@ -8,10 +8,15 @@ The export folder::
     pick.json          which trial, by which rule, its metrics, and the train command
     checkpoint/        the trained model (mtlsearch checkpoint: weights, preprocessing),
                        when MLflow has it (front members' models are logged) or --retrain
-    serving/model.pt2  the model as a torch.export program: one float tensor in (numeric
-                       features, then categorical codes), one tensor of predictions out;
-                       loads with ``torch.export.load`` where only torch is installed
-    serving/schema.json  its input and output column names
+    serving/model.pt2  the model as a torch.export program: one float64 tensor in (the raw
+                       numeric columns, NaN = missing, then the categorical codes), one
+                       float64 tensor of predictions out (regression in the label's units);
+                       the numeric preprocessing runs inside it. Loads with
+                       ``torch.export.load`` where only torch is installed; checked to
+                       hold no pickled entry
+    serving/schema.json  the contract: input and output columns, dtype, what each holds
+    serving/encode.py, serving/vocab.json
+                       raw categorical values -> codes (pure Python + numpy)
 
 The folder is assembled in a temporary sibling and renamed into place: an error leaves
 nothing behind.
@@ -38,8 +43,9 @@ from mtlsearch._errors import UserError
 from mtlsearch._fs import make_temp_dir, recover, replace_dir
 from mtlsearch.search import CONFIG_ATTR, Pick, objectives_of, settings_of
 from mtlsearch.tracking._mlflow import CHECKPOINT_DIR, URI_ATTR
-from mtlsearch.tracking._serving import ServingModel, save_serving, serving_schema
+from mtlsearch.tracking._serving import ServingModel, save_serving, serving_inputs, serving_schema
 from mtlsearch.tracking._summary import RUN_ID_ATTR, json_safe
+from mtlsearch.train import Checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -125,14 +131,19 @@ def _retrain(study: optuna.Study, config: Any, dst: Path) -> tuple[Path, dict[st
     return save_checkpoint(result, data, dst), result.valid
 
 
-def _numeric_names(preprocessor: Any) -> list[str] | None:
-    """The numeric input columns after preprocessing: a fitted preprocessor's derived
-    names (scaled values, missing-value indicators), else the selected columns."""
-    derived = getattr(preprocessor, "numeric_feature_names", None)  # a property
-    if derived is not None:
-        return [str(n) for n in (derived() if callable(derived) else derived)]
-    names = getattr(preprocessor, "numeric", None)
-    return [str(n) for n in names] if names and all(isinstance(n, str) for n in names) else None
+def export_serving(checkpoint: Checkpoint, out_dir: Path) -> Path:
+    """Write the serving program of ``checkpoint`` into ``out_dir``: ``model.pt2`` (raw rows
+    in: the numeric preprocessing, code validation and label scaling run inside it),
+    ``schema.json`` (the contract), ``encode.py`` + ``vocab.json`` (raw categories -> codes,
+    pure Python + numpy). Returns the ``model.pt2`` path.
+
+    Raises ``UserError`` when the archive torch wrote stores anything as a pickle.
+    """
+    inputs = serving_inputs(checkpoint.preprocessor, checkpoint.label_scaling)
+    model = ServingModel(checkpoint.model, inputs).eval()
+    schema = serving_schema(checkpoint.model, inputs=inputs)
+    example = torch.zeros(2, len(schema.inputs), dtype=torch.float64)  # code 0 is valid everywhere
+    return save_serving(model, example, schema, out_dir)
 
 
 def _max_difference(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]]) -> float:
@@ -193,12 +204,7 @@ def export_pick(
                 else f"retrained: validation metrics differ from the trial's by up to {diff:.3g}"
             )
         if checkpoint is not None:
-            ckpt = load_checkpoint(checkpoint)
-            numeric_names = _numeric_names(ckpt.preprocessor)
-            model = ServingModel(ckpt.model).eval()
-            schema = serving_schema(ckpt.model, numeric_names)
-            example = torch.zeros(2, len(schema.inputs))  # code 0 is valid for every categorical
-            save_serving(model, example, schema, tmp / "serving")
+            export_serving(load_checkpoint(checkpoint), tmp / "serving")
         elif not retrain:
             result.notes.append("no model exported; pass --retrain to train the config again")
         objectives = objectives_of(study)
