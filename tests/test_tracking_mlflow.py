@@ -158,7 +158,7 @@ def test_front_models_are_logged_and_score_like_the_checkpoint(tracked, client, 
         models = client.search_logged_models(
             [experiment.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
         )
-        assert len(models) == 1 and models[0].name == "model"
+        assert len(models) == 1 and models[0].name == f"{tracked.name}-trial-{t.number}"
         local = client.download_artifacts(run.info.run_id, "checkpoint", str(tmp_path / str(t.number)))
         checkpoint = load_checkpoint(local)
         assert checkpoint.metrics["valid"] == t.user_attrs["valid"]

@@ -14,6 +14,7 @@ from optuna.trial import create_trial
 
 from mtlsearch.search import Objective, SearchSettings, front_table, objectives_of
 from mtlsearch.tracking import param_importances, render_report
+from mtlsearch.tracking._summary import param_name
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_the_report_has_hypervolume_importances_and_utilisation(tracked, page):
     study = tracked.load()
     assert "<h2>Hypervolume over trials</h2>" in page
     importances = page.split("<h2>Parameter importances</h2>")[1].split("<h2>")[0]
-    searched = {name for t in study.trials for name in t.params}
+    searched = {param_name(name) for t in study.trials for name in t.params}  # MLflow's names
     shown = set(re.findall(r'<td class="l">([^<]+)</td>', importances))
     assert shown and shown <= searched
     heatmaps = page.split("<h2>Expert utilisation")[1].split("<h2>")[0]

@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mtlsearch.search._objectives import Objective
+from mtlsearch.train._verdict import BEATS, SEESAW, judge
 
 PRESET_ATTR = "preset"
 
@@ -91,12 +92,23 @@ def hypervolume(
 
 @dataclass(frozen=True)
 class FrontRow:
+    """One front member: its objective values, each task objective's MTL gain over the
+    single-task reference trial (``None`` without one) and the verdict of
+    :func:`mtlsearch.train._verdict.judge` (a code; ``_verdict.label`` writes it out)."""
+
     trial: int
     name: str
     values: dict[str, float]
     gains: dict[str, float | None]  # per task objective: MTL gain over single-task
-    seesaw: bool
-    beats_single: bool
+    verdict: str
+
+    @property
+    def seesaw(self) -> bool:
+        return self.verdict == SEESAW
+
+    @property
+    def beats_single(self) -> bool:
+        return self.verdict == BEATS
 
 
 def gain(value: float, reference: float, direction: str) -> float:
@@ -105,7 +117,11 @@ def gain(value: float, reference: float, direction: str) -> float:
 
 
 def front_table(study: optuna.Study, objectives: Sequence[Objective]) -> list[FrontRow]:
-    """The current front, each member with its gain over the single-task reference trial."""
+    """The current front, each member with its gain over the single-task reference trial.
+
+    A search trains every trial with one seed, so there is no noise estimate for a gain and
+    the verdict is ``one_seed`` (the shared rule will not call +0.0002 AUC a win), or
+    ``no_reference`` when the study has no single-task trial."""
     trials = completed(study)
     single = next((t for t in trials if t.user_attrs.get(PRESET_ATTR) == "single_task"), None)
     rows = []
@@ -115,15 +131,13 @@ def front_table(study: optuna.Study, objectives: Sequence[Objective]) -> list[Fr
             if o.is_cost:
                 continue
             gains[o.name] = None if single is None else gain(t.values[i], single.values[i], o.direction)
-        known = [g for g in gains.values() if g is not None]
         rows.append(
             FrontRow(
                 trial=t.number,
                 name=t.user_attrs.get(PRESET_ATTR, "searched"),
                 values={o.name: v for o, v in zip(objectives, t.values, strict=True)},
                 gains=gains,
-                seesaw=bool(known) and any(g > 0 for g in known) and any(g < 0 for g in known),
-                beats_single=bool(known) and all(g > 0 for g in known),
+                verdict=judge(gains, None),  # one seed per trial: no standard errors
             )
         )
     return sorted(rows, key=lambda r: r.trial)

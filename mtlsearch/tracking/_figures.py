@@ -72,9 +72,68 @@ def _staircase(xs: np.ndarray, ys: np.ndarray, ox: Objective, oy: Objective) -> 
     return line_x, line_y
 
 
+#: Where a label may go around its point (offset in points, alignment), tried in order.
+_LABEL_SPOTS: tuple[tuple[float, float, str, str], ...] = tuple(
+    (dx * r, dy * r, ha, va)
+    for r in (1, 2.2, 3.6)
+    for dx, dy, ha, va in (
+        (5, 4, "left", "bottom"),
+        (5, -4, "left", "top"),
+        (-5, 4, "right", "bottom"),
+        (-5, -4, "right", "top"),
+        (0, 7, "center", "bottom"),
+        (0, -7, "center", "top"),
+    )
+)
+
+
+def _overlaps(box, boxes) -> bool:
+    return any(box.overlaps(b) for b in boxes)
+
+
+def _place_labels(
+    ax, items: Sequence[tuple[float, float, str]], markers: Sequence[tuple[float, float]]
+) -> None:
+    """Write each ``(x, y, text)`` beside its point at the first spot that stays inside the
+    axes and overlaps no other label or marker (greedy, in drawing order); a
+    label with no free spot goes to the farthest one with a thin leader line."""
+    fig = ax.figure
+    fig.canvas.draw()  # the constrained layout is settled: pixel positions are final
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer).padded(-2)
+    from matplotlib.transforms import Bbox
+
+    taken = []
+
+    for x, y in ax.transData.transform(list(markers)) if len(markers) else []:
+        taken.append(Bbox.from_extents(x - 3, y - 3, x + 3, y + 3))  # the points themselves
+    for x, y, text in items:
+        for k, (dx, dy, ha, va) in enumerate(_LABEL_SPOTS):
+            last = k == len(_LABEL_SPOTS) - 1
+            note = ax.annotate(
+                text,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha=ha,
+                va=va,
+                fontsize=7,
+                zorder=5,
+                arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.4"} if last else None,
+            )
+            box = note.get_window_extent(renderer).padded(1)
+            fits = inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1)
+            if (fits and not _overlaps(box, taken)) or last:
+                taken.append(box)
+                break
+            note.remove()
+
+
 def pareto_png(points: Sequence[TrialPoint], objectives: Sequence[Objective], title: str) -> bytes:
     """Every completed trial per objective pair; the front in red, the named architectures
-    labelled, the single-task reference as an orange star."""
+    as squares, the single-task reference as an orange star. Front members and named
+    architectures are labelled with their trial number (and name), placed so that labels
+    neither overlap nor leave the axes."""
     pairs = objective_pairs(objectives)
     cols = min(3, max(1, len(pairs)))
     rows = max(1, math.ceil(len(pairs) / cols))
@@ -85,8 +144,10 @@ def pareto_png(points: Sequence[TrialPoint], objectives: Sequence[Objective], ti
         return _png(fig)
     values = np.array([p.values for p in points], dtype=float)
     on_front = np.array([p.rank == 0 for p in points])
+    axes = []
     for k, (i, j) in enumerate(pairs):
         ax = fig.add_subplot(rows, cols, k + 1)
+        ax.margins(0.12)  # room for labels at the edges
         x, y = values[:, i], values[:, j]
         ax.scatter(x[~on_front], y[~on_front], s=22, c=_OTHER, label="dominated", zorder=2)
         ax.scatter(x[on_front], y[on_front], s=40, c=_FRONT, label="Pareto front", zorder=3)
@@ -98,8 +159,9 @@ def pareto_png(points: Sequence[TrialPoint], objectives: Sequence[Objective], ti
                 ax.scatter([px], [py], marker="*", s=220, c=_SINGLE, edgecolors="k", zorder=4)
             elif p.preset:
                 ax.scatter([px], [py], marker="s", s=46, facecolors="none", edgecolors=_PRESET, zorder=4)
-            if p.preset:
-                ax.annotate(p.preset, (px, py), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        labelled = [(float(px), float(py), p.label) for p, px, py in zip(points, x, y, strict=True)]
+        wanted = [item for p, item in zip(points, labelled, strict=True) if p.rank == 0 or p.preset]
+        axes.append((ax, wanted, list(zip(x.tolist(), y.tolist(), strict=True))))
         ax.set_xlabel(_axis_label(objectives[i]))
         ax.set_ylabel(_axis_label(objectives[j]))
         ax.grid(alpha=0.3)
@@ -112,7 +174,10 @@ def pareto_png(points: Sequence[TrialPoint], objectives: Sequence[Objective], ti
                 Line2D([], [], ls="", marker="s", mfc="none", mec=_PRESET, label="named architecture"),
                 Line2D([], [], ls="", marker="*", ms=12, c=_SINGLE, mec="k", label="single-task"),
             ]
-            ax.legend(handles=handles, fontsize=8, loc="best")
+            # outside the axes: "best" would move it onto labels placed afterwards
+            fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncols=4)
+    for ax, items, markers in axes:
+        _place_labels(ax, items, markers)
     return _png(fig)
 
 
@@ -224,6 +289,7 @@ def pareto_svg(
                 f"{html.escape(_axis_label(o))}</text>",
             ]
     order = sorted(range(len(points)), key=lambda k: points[k].rank == 0)  # front drawn last
+    labels = _svg_labels(points, xs, ys)
     for k in order:
         p = points[k]
         details = "\n".join(f"{o.name}: {v:.6g}" for o, v in zip(objectives, p.values, strict=True))
@@ -245,9 +311,13 @@ def pareto_svg(
         else:
             color = _FRONT if p.rank == 0 else _OTHER
             shape = f'<circle cx="{x}" cy="{y}" r="{5 if p.rank == 0 else 4}" fill="{color}"/>'
-        label = (
-            f'<text x="{x + 7}" y="{y - 6}" font-size="10">{html.escape(p.preset)}</text>' if p.preset else ""
-        )
+        label = ""
+        if k in labels:
+            lx, ly, anchor = labels[k]
+            label = (
+                f'<text x="{lx:.1f}" y="{ly:.1f}" text-anchor="{anchor}" font-size="10">'
+                f"{html.escape(p.label)}</text>"
+            )
         parts.append(f'<g class="{cls}"><title>{tip}</title>{shape}{label}</g>')
     parts.append(
         f'<g class="legend" style="cursor:pointer" onclick="(function(s){{s.classList.toggle(\'hide-dom\')}})'
@@ -259,6 +329,36 @@ def pareto_svg(
     )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _svg_labels(
+    points: Sequence[TrialPoint], xs: np.ndarray, ys: np.ndarray
+) -> dict[int, tuple[float, float, str]]:
+    """Where to write the label of each front member and named architecture: the first of
+    a few spots around the point that stays in the plot and overlaps no other label or
+    point (text width estimated at 6 px per character); else the last spot tried."""
+    boxes = [(x - 4, y - 4, x + 4, y + 4) for x, y in zip(xs, ys, strict=True)]
+    lo_x, hi_x, lo_y, hi_y = _PAD, _SVG_W - 16, 40, _SVG_H - _PAD  # below the legend row
+    out: dict[int, tuple[float, float, str]] = {}
+    for k, p in enumerate(points):
+        if p.rank != 0 and not p.preset:
+            continue
+        width, x, y = 6.0 * len(p.label), float(xs[k]), float(ys[k])
+        spots = [
+            (x + dx * r, y + dy * r, "start" if dx > 0 else "end")
+            for r in (1, 2, 3)
+            for dx, dy in ((7, -5), (7, 12), (-7, -5), (-7, 12))
+        ]
+        for sx, sy, anchor in spots:
+            x0 = sx if anchor == "start" else sx - width
+            box = (x0, sy - 9, x0 + width, sy + 2)
+            inside = box[0] >= lo_x and box[2] <= hi_x and box[1] >= lo_y and box[3] <= hi_y
+            free = all(box[2] <= b[0] or b[2] <= box[0] or box[3] <= b[1] or b[3] <= box[1] for b in boxes)
+            if inside and free:
+                break
+        out[k] = (sx, sy, anchor)
+        boxes.append(box)
+    return out
 
 
 PARETO_CSS = (
@@ -278,6 +378,7 @@ def pareto_html(points: Sequence[TrialPoint], objectives: Sequence[Objective], t
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif}}{PARETO_CSS}</style>"
         f"</head><body><h2>{html.escape(title)}</h2><p>Hover a point for its trial and values; "
-        "squares are the named architectures, the star the single-task reference.</p>"
+        "squares are the named architectures, the star the single-task reference; the numbers "
+        "are trial numbers.</p>"
         f"{svgs}</body></html>"
     )

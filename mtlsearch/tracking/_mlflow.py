@@ -15,7 +15,18 @@ completed trials changed meanwhile; the last writer always saw the latest trials
 
 Front members get their model logged (``mlflow.pytorch.log_model``, torch.export format,
 with a signature and an input example) plus an mtlsearch checkpoint directory, which
-``mtlsearch export`` downloads.
+``mtlsearch export`` downloads. A model is named ``<study>-trial-<n>`` and linked to its
+run's metrics at the trial's *final* step (the best epoch, where the final ``valid.*``,
+``test.*``, ``objective.*`` and ``gain.*`` metrics are logged), not at step 0 (the first
+epoch). Its ``pareto_front``/``pareto_rank`` tags are kept current at every front sync, so
+a model whose trial left the front says so.
+
+For comparing in the UI (:func:`front_runs_url` gives the link): every child carries a
+``compare`` tag, ``true`` on the front members and on the named reference architectures,
+so one filter (``tags.compare = 'true'``) shows both, even for a one-trial front; a metric
+``trial_number`` (the tag sorts as text) and ``gain.<task>.<metric>`` over the single-task
+reference trial. The parent run holds the study's settings as ``setting.*`` tags and
+``settings.json``, not as params: a comparison of the filtered runs holds trials only.
 
 Tracking must never stop a search: every hook catches its errors and logs a warning (once
 per hook, then at debug level). MLflow is imported on the first hook, not at import time:
@@ -75,11 +86,16 @@ from mtlsearch.tracking._summary import (
     RUN_ID_ATTR,
     UTILISATION_ATTR,
     front_records,
+    gain_metrics,
     json_safe,
     records_csv,
+    single_task_valid,
     trial_points,
     utilisation_csv,
 )
+from mtlsearch.tracking._summary import flatten as flatten  # re-exported: the naming scheme
+from mtlsearch.tracking._summary import metric_key as _metric_key
+from mtlsearch.tracking._summary import trial_params as trial_params
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +115,13 @@ TAG_STUDY = "study_name"
 TAG_MODEL = "model_logged"
 TAG_REPAIRED = "repaired"
 TAG_CREATE = "mtlsearch.create_id"
-MODEL_NAME = "model"
+TAG_COMPARE = "compare"  # "true" on front members and named references: one filter shows both
+TAG_PRESET = "preset"
+TAG_SETTING = "setting."  # prefix of the parent's study-setting tags
+TRIAL_METRIC = "trial_number"  # the trial number as a metric: sorts as a number in the UI
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens GenAI traces unless told
+EXPERIMENT_KIND = "custom_model_development"
+DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
 CHECKPOINT_DIR = "checkpoint"
 WORKER_ATTR = "worker"  # the trial attribute naming the process that ran it (set by the search)
 
@@ -253,35 +275,42 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return (Path(database).expanduser().resolve().parent / "mlartifacts" / safe).as_uri()
 
 
-def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
-    """Nested config -> ``{"model.levels.0.n_shared": "2", ...}`` (MLflow params are strings)."""
-    out: dict[str, str] = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(obj, list | tuple) and any(isinstance(v, dict | list | tuple) for v in obj):
-        for i, v in enumerate(obj):
-            out.update(flatten(v, f"{prefix}.{i}"))
-    elif isinstance(obj, list | tuple):
-        out[prefix] = ",".join(str(v) for v in obj) if obj else "[]"
-    else:
-        out[prefix] = "" if obj is None else str(obj)
-    return out
+def model_name(study_name: str, number: int) -> str:
+    """A logged model's name: ``<study>-trial-<n>`` (MLflow forbids ``/:.%"'`` in it)."""
+    return re.sub(r"[/:.%\"'\s]+", "_", study_name) + f"-trial-{number}"
 
 
-def trial_params(config: dict[str, Any], preset: str | None) -> dict[str, str]:
-    """The architecture and training of a trial as flat params. The data-defined parts
-    (inputs, task list) are left out: they are the same in every trial and can be long."""
-    model = {k: v for k, v in config.get("model", {}).items() if k not in ("inputs", "tasks")}
-    params = {"preset": preset or "searched", "n_levels": str(len(model.get("levels", [])))}
-    params.update(flatten(model, "model"))
-    params.update(flatten(config.get("training", {}), "training"))
-    return params
+def front_filter() -> str:
+    """The MLflow search filter that shows the front and the named references."""
+    return f"tags.{TAG_COMPARE} = 'true'"
 
 
-def _metric_key(*parts: str) -> str:
-    """MLflow metric names: letters, digits, ``_-./`` and spaces."""
-    return ".".join(re.sub(r"[^\w\-./ ]", "_", p) for p in parts)
+def front_runs_url(ui_url: str, experiment_id: str) -> str:
+    """The MLflow UI's runs view of an experiment filtered to the front and the named
+    references, ordered by trial number (MLflow 3.17's route and query parameters:
+    ``#/experiments/<id>/runs?searchFilter=...&orderByKey=...&orderByAsc=true``)."""
+    from urllib.parse import quote
+
+    query = (
+        f"searchFilter={quote(front_filter(), safe='')}"
+        f"&orderByKey={quote(f'metrics.`{TRIAL_METRIC}`', safe='')}&orderByAsc=true"
+    )
+    return f"{ui_url.rstrip('/')}/#/experiments/{quote(str(experiment_id), safe='')}/runs?{query}"
+
+
+def front_link(study: optuna.Study) -> str | None:
+    """What ``search`` and ``front`` print under the front: the link to the runs view that
+    compares the front with the references, and for a SQLite store how to start the UI;
+    ``None`` for a study that was never tracked."""
+    uri, experiment = study.user_attrs.get(URI_ATTR), study.user_attrs.get(EXPERIMENT_ATTR)
+    if not uri or experiment is None:
+        return None
+    if str(uri).startswith(("http://", "https://")):
+        return f"MLflow, the front beside the references: {front_runs_url(str(uri), str(experiment))}"
+    return (
+        f"MLflow, the front beside the references: {front_runs_url(DEFAULT_UI, str(experiment))} "
+        f"(after: mlflow ui --backend-store-uri {uri})"
+    )
 
 
 class MlflowObserver:
@@ -330,6 +359,7 @@ class MlflowObserver:
         self._degraded = False  # a call gave up: single attempts until one succeeds
         self._warned: set[str] = set()
         self._logged_models: set[int] = set()
+        self._models: dict[int, str] = {}  # trial number -> logged model id, as last seen
         self._rng = random.Random()  # jitter; the global generator may be seeded by the search
 
     # ---- error policy ---------------------------------------------------------------------
@@ -484,10 +514,15 @@ class MlflowObserver:
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 client.restore_experiment(found.experiment_id)
+            if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made by an older version
+                client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
         try:
+            # The kind makes the UI open the runs, not the (empty) GenAI traces page.
             return client.create_experiment(
-                name, artifact_location=_artifact_location(self.tracking_uri, name)
+                name,
+                artifact_location=_artifact_location(self.tracking_uri, name),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
         except MlflowException:  # another worker created it first (or a retried create was stored)
             found = client.get_experiment_by_name(name)
@@ -529,9 +564,11 @@ class MlflowObserver:
             client.delete_run(mine)
             return winner
         if settings is not None:
-            from mlflow.entities import Param
+            from mlflow.entities import RunTag
 
-            params = {
+            # Tags, not params: params would put the parent (with no trial metrics) into
+            # every comparison of the study's runs.
+            values = {
                 "dataset": settings.dataset,
                 "dataset_options": str(settings.dataset_options),
                 "objectives": ",".join(settings.objectives),
@@ -541,7 +578,9 @@ class MlflowObserver:
                 "space": settings.space_source,
                 "max_params": str(settings.max_params),
             }
-            client.log_batch(mine, params=[Param(k, v[:_MAX_TAG]) for k, v in params.items()])
+            tags = [RunTag(TAG_SETTING + k, v[:_MAX_TAG]) for k, v in values.items()]
+            client.log_batch(mine, tags=tags)
+            client.log_dict(mine, json_safe(values), "settings.json")
             client.log_text(mine, settings.space_text, "search_space.yaml")
         return mine
 
@@ -591,10 +630,11 @@ class MlflowObserver:
             TAG_TRIAL: str(number),
             TAG_STUDY: self._study_name,
             TAG_ROLE: "trial",
-            "preset": preset or "searched",
+            TAG_PRESET: preset or "searched",
             "state": state,
             "worker": worker,
             TAG_FRONT: "false",
+            TAG_COMPARE: "true" if preset else "false",
         }
 
     def _log_config(self, run_id: str, config: dict[str, Any], preset: str | None, yaml_text: str) -> None:
@@ -701,9 +741,14 @@ class MlflowObserver:
             values["latency_ms_per_1k"] = float(costs["latency"])
         elif result is not None:
             values["latency_ms_per_1k"] = self._latency(result)
+        values[TRIAL_METRIC] = trial.number  # sorts as a number in the UI (the tag as text)
         if trial.values is not None:
             for o, v in zip(self._objectives(study), trial.values, strict=True):
                 values[_metric_key("objective", o.name)] = v
+        reference = single_task_valid(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        valid = result.valid if result is not None else attrs.get("valid") or {}
+        if reference is not None or attrs.get(PRESET_ATTR) == "single_task":
+            values.update(gain_metrics(valid, reference or valid))
         return {k: float(v) for k, v in values.items() if _finite(v)}
 
     def _finish_trial(
@@ -728,7 +773,8 @@ class MlflowObserver:
         if repaired:
             tags += [RunTag(TAG_REPAIRED, "true"), RunTag("repaired_by", self._worker)]
         values = self._final_values(study, trial, result)
-        metrics = [Metric(k, v, now, 0) for k, v in values.items()]
+        step = _final_step(trial, result)
+        metrics = [Metric(k, v, now, step) for k, v in values.items()]
         client.log_batch(run_id, metrics=metrics, tags=tags)
         utilisation = getattr(result, "utilisation", None) if result is not None else None
         if utilisation is None and trial.state == TrialState.COMPLETE:
@@ -768,7 +814,7 @@ class MlflowObserver:
             from mtlsearch.train import save_checkpoint
 
             data = self._context.data
-            model = ServingModel(result.model).eval()
+            model = ServingModel(result.model, label_scaling=getattr(result, "label_scaling", None)).eval()
             schema = serving_schema(result.model, data.numeric_features)
             rows = min(5, len(data.valid))
             example = serving_input(data.valid.numeric[:rows], data.valid.categorical[:rows]).cpu().numpy()
@@ -782,19 +828,28 @@ class MlflowObserver:
 
             # The LoggedModel goes to the active experiment, not the run's: name it.
             mlflow.set_experiment(experiment_id=self.experiment_id)
-            mlflow.pytorch.log_model(
+            info = mlflow.pytorch.log_model(
                 model,
-                name=MODEL_NAME,
+                name=model_name(self._study_name, trial.number),
                 signature=signature,
                 input_example=example,
                 run_id=run_id,
+                # MLflow links the run's metrics of this one step to the model: the final
+                # ones (step 0 would be the first epoch's)
+                step=_final_step(trial, result),
                 serialization_format="pt2",
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 metadata={"inputs": list(schema.inputs), "outputs": list(schema.outputs)},
-                tags={TAG_TRIAL: str(trial.number), TAG_STUDY: self._study_name},
+                tags={
+                    TAG_TRIAL: str(trial.number),
+                    TAG_STUDY: self._study_name,
+                    TAG_FRONT: "true",  # kept current by every front sync
+                    TAG_RANK: "0",
+                },
                 # the check loads and runs the model once more: a second or two per model
                 validate_serving_input=False,
             )
+            self._models[trial.number] = info.model_id
             with tempfile.TemporaryDirectory() as tmp:
                 path = save_checkpoint(result, data, Path(tmp) / CHECKPOINT_DIR)
                 self._client.log_artifacts(run_id, str(path), CHECKPOINT_DIR)
@@ -849,8 +904,11 @@ class MlflowObserver:
         choice from properties that never change), and duplicates two of them make for one
         missing run at the same moment go at the next sync."""
         by_number = {t.number: t for t in trials}
+        reference = single_task_valid(trials)
         groups: dict[int, list[Any]] = {}
-        for run in self._children():
+        children = self._children()
+        models = self._sync_models(ranks) if any(r.data.tags.get(TAG_MODEL) for r in children) else {}
+        for run in children:
             try:
                 number = int(run.data.tags.get(TAG_TRIAL, ""))
             except ValueError:
@@ -869,6 +927,8 @@ class MlflowObserver:
                 runs = [keep]
             for run in runs:
                 self._reconcile_run(study, run, trial, ranks)
+                if trial is not None:
+                    self._add_gains(run, trial, reference, models.get(number))
             known[number] = runs[0].info.run_id
         for trial in trials:
             if trial.state == TrialState.COMPLETE and trial.number not in groups:
@@ -882,7 +942,11 @@ class MlflowObserver:
 
         tags, run_id = run.data.tags, run.info.run_id
         number = int(tags[TAG_TRIAL])
-        want = {TAG_FRONT: "true" if ranks.get(number) == 0 else "false"}
+        reference_arch = tags.get(TAG_PRESET, "searched") != "searched"
+        want = {
+            TAG_FRONT: "true" if ranks.get(number) == 0 else "false",
+            TAG_COMPARE: "true" if ranks.get(number) == 0 or reference_arch else "false",
+        }
         if number in ranks:
             want[TAG_RANK] = str(ranks[number])
         close = finalize = False
@@ -907,6 +971,50 @@ class MlflowObserver:
             logger.info("MLflow: trial %d completed but its run %s was left %s; closing it from the study",
                         number, run_id, run.info.status)  # fmt: skip
             self._finish_trial(study, trial, None, run_id, repaired=True)
+
+    def _add_gains(
+        self, run: Any, trial: FrozenTrial, reference: dict[str, Any] | None, model_id: str | None
+    ) -> None:
+        """A finished run of a COMPLETE trial that lacks its ``gain.*`` metrics (it finished
+        before the single-task reference did) gets them, linked to its model if it has one."""
+        if reference is None or trial.state != TrialState.COMPLETE or run.info.status != "FINISHED":
+            return
+        if run.info.run_id in self._finishing or any(k.startswith("gain.") for k in run.data.metrics):
+            return
+        from mlflow.entities import Metric
+
+        gains = gain_metrics(trial.user_attrs.get("valid") or {}, reference)
+        now, step = int(time.time() * 1000), _final_step(trial, None)
+        metrics = [Metric(k, v, now, step, model_id=model_id) for k, v in gains.items()]
+        if metrics:
+            self._client.log_batch(run.info.run_id, metrics=metrics)
+
+    def _sync_models(self, ranks: dict[int, int]) -> dict[int, str]:
+        """Keep the logged models' ``pareto_front``/``pareto_rank`` tags current (a model
+        stays when its trial leaves the front, tagged ``pareto_front = false``). Returns
+        trial number -> model id."""
+        client, found, token = self._client, [], None
+        while True:
+            page = client.search_logged_models([self.experiment_id], max_results=100, page_token=token)
+            found += list(page)
+            token = page.token
+            if not token:
+                break
+        models: dict[int, str] = {}
+        for model in found:
+            try:
+                number = int(model.tags.get(TAG_TRIAL, ""))
+            except ValueError:
+                continue
+            models[number] = model.model_id
+            want = {TAG_FRONT: "true" if ranks.get(number) == 0 else "false"}
+            if number in ranks:
+                want[TAG_RANK] = str(ranks[number])
+            changed = {k: v for k, v in want.items() if model.tags.get(k) != v}
+            if changed:
+                client.set_logged_model_tags(model.model_id, changed)
+        self._models.update(models)
+        return models
 
     def _abandoned(self, run: Any, trial: FrozenTrial) -> bool:
         """Whether the open (or failed) run of a COMPLETE trial is nobody's to close any more:
@@ -981,6 +1089,16 @@ def _keeper(trial: FrozenTrial, runs: Sequence[Any]) -> Any:
         if run.info.run_id == named:
             return run
     return min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+
+def _final_step(trial: FrozenTrial, result: Any | None) -> int:
+    """The step of a trial's final metrics: its best epoch (whose weights the model has and
+    whose validation metrics are the final ones), 0 when unknown."""
+    best = getattr(result, "best_epoch", None) if result is not None else trial.user_attrs.get("best_epoch")
+    try:
+        return max(0, int(best))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _finite(v: Any) -> bool:

@@ -29,18 +29,37 @@ from mtlsearch.tracking import _figures
 from mtlsearch.tracking._summary import (
     UTILISATION_ATTR,
     hypervolume_history,
+    param_name,
     trial_points,
 )
+from mtlsearch.train._verdict import BEATS, SEESAW, WORSE
+from mtlsearch.train._verdict import RULE as VERDICT_RULE
+from mtlsearch.train._verdict import label as verdict_label
+
+#: Importances whose raw sum is below this carry no signal (PED-ANOVA returns zeros when no
+#: parameter separates the good trials from the rest; normalising those gives equal bars).
+_NO_SIGNAL = 1e-12
 
 
 @dataclass
 class Importances:
-    """Parameter importances per target (``all objectives`` and each objective), and what
-    could not be computed, with the reason."""
+    """Parameter importances per target (``all objectives`` and each objective), normalised
+    to sum to 1, under the parameters' config names (:func:`param_name`); ``no_signal``: the
+    targets whose importances were all zero (nothing to normalise), and what could not be
+    computed, with the reason."""
 
     values: dict[str, dict[str, float]] = field(default_factory=dict)
     method: str = ""
     notes: list[str] = field(default_factory=list)
+    no_signal: list[str] = field(default_factory=list)
+
+    def add(self, target: str, raw: dict[str, float]) -> None:
+        """Record ``raw`` (unnormalised) importances of ``target``."""
+        total = sum(raw.values())
+        if not raw or not total > _NO_SIGNAL:
+            self.no_signal.append(target)
+            return
+        self.values[target] = {param_name(k): v / total for k, v in raw.items()}
 
 
 def param_importances(study: optuna.Study, objectives: Sequence[Objective]) -> Importances:
@@ -63,7 +82,7 @@ def param_importances(study: optuna.Study, objectives: Sequence[Objective]) -> I
         warnings.simplefilter("ignore")
         for name, target in targets:
             try:
-                out.values[name] = dict(get_param_importances(study, target=target))
+                out.add(name, dict(get_param_importances(study, target=target, normalize=False)))
                 continue
             except Exception as exc:
                 first = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -72,7 +91,8 @@ def param_importances(study: optuna.Study, objectives: Sequence[Objective]) -> I
                 continue
             try:
                 evaluator = FanovaImportanceEvaluator(seed=0)
-                out.values[name] = dict(get_param_importances(study, evaluator=evaluator, target=target))
+                raw = get_param_importances(study, evaluator=evaluator, target=target, normalize=False)
+                out.add(name, dict(raw))
                 out.notes.append(f"{name}: PED-ANOVA failed ({first}); fANOVA used instead")
             except Exception as exc2:
                 out.notes.append(f"{name}: no importances ({type(exc2).__name__}: {exc2})")
@@ -88,7 +108,7 @@ table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:.3em .6em;text-align:right}th{background:#f3f4f6}
 td.l,th.l{text-align:left}.pos{color:#1a7f37}.neg{color:#cf222e}.muted{color:#777}
 .tag{display:inline-block;padding:0 .4em;border-radius:3px;font-size:.85em}
-.seesaw{background:#fff4ce}.beats{background:#dafbe1}
+.seesaw{background:#fff4ce}.beats{background:#dafbe1}.worse{background:#ffebe9}
 img{max-width:100%}.grid{display:flex;flex-wrap:wrap;gap:1em}.grid figure{margin:0}
 figcaption{font-size:.85em;color:#555}
 """
@@ -113,36 +133,37 @@ def _gain_cell(g: float | None) -> str:
     return f'<td class="{cls}">{g:+.4f}</td>'
 
 
+_VERDICT_CLASS = {BEATS: "beats", SEESAW: "seesaw", WORSE: "worse"}
+
+
 def _front_html(study: optuna.Study, objectives: Sequence[Objective]) -> str:
     rows = front_table(study, objectives)
     if not rows:
         return "<p>No completed trial yet.</p>"
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     task_objs = [o for o in objectives if not o.is_cost]
+    size_column = not any(o.name == "params" for o in objectives)  # else the same number twice
     head = ['<th>trial</th><th class="l">model</th>']
     head += [
         f"<th>{html.escape(o.name)}<br><span class=muted>{o.direction[:3]}</span></th>" for o in objectives
     ]
     head += [f"<th>gain {html.escape(o.name)}</th>" for o in task_objs]
-    head += ['<th>params</th><th class="l">vs single-task</th>']
+    head += ["<th>params</th>"] * size_column + ['<th class="l">vs single-task</th>']
     body = []
     for r in rows:
         t = by_number[r.trial]
-        verdict = (
-            '<span class="tag beats">beats on all tasks</span>'
-            if r.beats_single
-            else '<span class="tag seesaw">seesaw</span>'
-            if r.seesaw
-            else ""
-        )
+        cls = _VERDICT_CLASS.get(r.verdict, "")
+        verdict = f'<span class="tag {cls}">{html.escape(verdict_label(r.verdict))}</span>'
         cells = [f"<td>{r.trial}</td>", f'<td class="l">{html.escape(r.name)}</td>']
         cells += [f"<td>{_fmt(r.values[o.name])}</td>" for o in objectives]
         cells += [_gain_cell(r.gains.get(o.name)) for o in task_objs]
-        cells += [f"<td>{_fmt(t.user_attrs.get('n_params'))}</td>", f'<td class="l">{verdict}</td>']
+        cells += [f"<td>{_fmt(t.user_attrs.get('n_params'))}</td>"] * size_column
+        cells.append(f'<td class="l">{verdict}</td>')
         body.append(f"<tr>{''.join(cells)}</tr>")
     note = (
         "<p class=muted>Gain: the PLE paper's MTL gain of each task over the single-task "
-        "reference trial (positive = better). <b>seesaw</b>: better on some tasks, worse on others.</p>"
+        f"reference trial (positive = better). {html.escape(VERDICT_RULE[0].upper() + VERDICT_RULE[1:])}."
+        "</p>"
     )
     if not any(t.user_attrs.get("preset") == "single_task" for t in by_number.values()):
         note = "<p class=muted>No single-task reference trial in this study: gains are unknown.</p>"
@@ -164,7 +185,14 @@ def _importance_html(imp: Importances) -> str:
         parts.append(f"<table><tr>{head}</tr>{''.join(rows)}</table>")
         parts.append(
             f"<p class=muted>Method: {imp.method} (Optuna), normalised to sum to 1 per target; "
-            "computed over the searched trials (the named references have no sampled parameters).</p>"
+            "computed over the searched trials (the named references have no sampled parameters); "
+            "parameters under their MLflow names.</p>"
+        )
+    if imp.no_signal:
+        parts.append(
+            f"<p class=no-signal><b>No signal</b> for {html.escape(', '.join(imp.no_signal))}: every "
+            f"parameter's importance is 0 ({imp.method} found no parameter that separates the better "
+            "trials from the rest), so no bars are drawn.</p>"
         )
     parts += [f"<p class=muted>{html.escape(n)}</p>" for n in imp.notes]
     return "".join(parts) or "<p>No importances.</p>"

@@ -1,11 +1,20 @@
 """What the tracker and the report show of a study: points with ranks, the front's rows,
-the hypervolume history. Plain data, computed from the study alone (no MLflow)."""
+the hypervolume history, and the one naming scheme of parameters and metrics. Plain data,
+computed from the study alone (no MLflow).
+
+Names: a trial's architecture and training are named by their path in the experiment
+config, as MLflow shows them (``model.levels.0.n_shared``, ``training.lr``); per-task values
+are named by task (``model.levels.0.n_specific.y1``, ``model.towers.y1.hidden``), never by
+position. The search space's Optuna parameters (``l0.n_shared``) are shown under the same
+names (:func:`param_name`); ``*`` stands for every task where one value is shared
+(``model.towers.*.hidden``)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +23,10 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mtlsearch.search import Objective, front_table, hypervolume, pareto_ranks, reference_point
+from mtlsearch.search import Objective, front_table, gain, hypervolume, pareto_ranks, reference_point
 from mtlsearch.search._front import PRESET_ATTR, _feasible, _loss_matrix
+from mtlsearch.search._objectives import METRIC_DIRECTIONS
+from mtlsearch.train._verdict import label as verdict_label
 
 RUN_ID_ATTR = "mlflow_run_id"
 UTILISATION_ATTR = "utilisation"
@@ -33,7 +44,8 @@ class TrialPoint:
 
     @property
     def label(self) -> str:
-        return self.preset or f"trial {self.number}"
+        """What a plot writes beside the point: the trial number, and the preset if any."""
+        return f"{self.number} {self.preset}" if self.preset else str(self.number)
 
 
 def trial_points(study: optuna.Study, objectives: Sequence[Objective]) -> list[TrialPoint]:
@@ -90,9 +102,9 @@ def front_records(
         row: dict[str, Any] = {"trial": r.trial, "model": r.name}
         row.update({o.name: r.values[o.name] for o in objectives})
         row.update({f"gain {name}": g for name, g in r.gains.items()})
-        row["seesaw"] = r.seesaw
-        row["beats_single_task"] = r.beats_single
-        row["n_params"] = t.user_attrs.get("n_params")
+        row["verdict"] = verdict_label(r.verdict)
+        if not any(o.name == "params" for o in objectives):  # else the same number twice
+            row["n_params"] = t.user_attrs.get("n_params")
         for task, metrics in sorted(t.user_attrs.get("test", {}).items()):
             row.update({f"test {task}:{m}": v for m, v in metrics.items()})
         row["mlflow_run_id"] = (run_ids or {}).get(r.trial) or t.user_attrs.get(RUN_ID_ATTR)
@@ -157,3 +169,141 @@ def utilisation_csv(utilisation: dict[str, dict[str, float]]) -> str:
     for gate, weights in utilisation.items():
         lines += [f"{gate},{expert},{w:.6g}" for expert, w in weights.items()]
     return "\n".join(lines) + "\n"
+
+
+# ---- one naming scheme ------------------------------------------------------------------------
+_PER_TASK_LEVEL_KEYS = frozenset({"n_specific"})  # level fields holding one value per task
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"model.levels.0.n_shared": "2", ...}`` (MLflow params are
+    strings); a list of plain values (a layer-width list) becomes ``"16,8"``."""
+    out: dict[str, str] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(obj, list | tuple) and any(isinstance(v, dict | list | tuple) for v in obj):
+        for i, v in enumerate(obj):
+            out.update(flatten(v, f"{prefix}.{i}"))
+    elif isinstance(obj, list | tuple):
+        out[prefix] = ",".join(str(v) for v in obj) if obj else "[]"
+    else:
+        out[prefix] = "" if obj is None else str(obj)
+    return out
+
+
+def _task_names(model: dict[str, Any]) -> list[str]:
+    tasks = model.get("tasks")
+    if not isinstance(tasks, list | tuple):
+        return []
+    return [str(t["name"]) for t in tasks if isinstance(t, dict) and "name" in t]
+
+
+def _keyed_by_task(model: dict[str, Any]) -> dict[str, Any]:
+    """The model section with per-task lists (a level's ``n_specific``, the towers) turned
+    into mappings by task name, so that flattening names them by task."""
+    tasks = _task_names(model)
+    out = {k: v for k, v in model.items() if k not in ("inputs", "tasks")}
+    if not tasks:
+        return out
+
+    def per_task(value: Any) -> Any:
+        if isinstance(value, list | tuple) and len(value) == len(tasks):
+            return dict(zip(tasks, value, strict=True))
+        return value
+
+    levels = out.get("levels")
+    if isinstance(levels, list | tuple):
+        out["levels"] = [
+            {k: per_task(v) if k in _PER_TASK_LEVEL_KEYS else v for k, v in lv.items()}
+            if isinstance(lv, dict)
+            else lv
+            for lv in levels
+        ]
+    if "towers" in out:
+        out["towers"] = per_task(out["towers"])
+    return out
+
+
+def _input_params(model: dict[str, Any]) -> dict[str, str]:
+    """The searchable parts of the input encoder (the feature list is the data's)."""
+    inputs = model.get("inputs")
+    if not isinstance(inputs, dict):
+        return {}
+    out = {}
+    if "embed_init_std" in inputs:
+        out["model.inputs.embed_init_std"] = str(inputs["embed_init_std"])
+    dims = sorted(
+        {c.get("embed_dim") for c in inputs.get("categorical") or [] if isinstance(c, dict)} - {None}
+    )
+    if dims:
+        out["model.inputs.embedding_dim"] = ",".join(str(d) for d in dims)
+    return out
+
+
+def trial_params(config: dict[str, Any], preset: str | None) -> dict[str, str]:
+    """The architecture and training of a trial as flat params (see the module docstring
+    for the names). The feature and task lists are left out: they are the same in every
+    trial and can be long."""
+    model = config.get("model", {})
+    params = {"preset": preset or "searched", "n_levels": str(len(model.get("levels", [])))}
+    params.update(flatten(_keyed_by_task(model), "model"))
+    params.update(_input_params(model))
+    params.update(flatten(config.get("training", {}), "training"))
+    return params
+
+
+#: Search-space (Optuna) parameter names -> config names, first match wins.
+_SPACE_NAMES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), replacement)
+    for pattern, replacement in (
+        (r"levels", "n_levels"),
+        (r"l(\d+)\.n_specific\.(.+)", r"model.levels.\1.n_specific.\2"),
+        (r"l(\d+)\.n_specific", r"model.levels.\1.n_specific.*"),
+        (r"l(\d+)\.(.+)", r"model.levels.\1.\2"),
+        (r"tower\.(.+)", r"model.towers.*.\1"),
+        (r"embedding_dim", "model.inputs.embedding_dim"),
+        (r"embed_init_std", "model.inputs.embed_init_std"),
+    )
+)
+
+
+def param_name(space_name: str) -> str:
+    """A search-space parameter under its config name, as MLflow shows it:
+    ``l0.n_shared`` -> ``model.levels.0.n_shared``, ``l1.n_specific.y1`` ->
+    ``model.levels.1.n_specific.y1``, ``tower.hidden`` -> ``model.towers.*.hidden``,
+    ``levels`` -> ``n_levels``; ``training.*`` names are already config names."""
+    for pattern, replacement in _SPACE_NAMES:
+        if pattern.fullmatch(space_name):
+            return pattern.sub(replacement, space_name)
+    return space_name
+
+
+def metric_key(*parts: str) -> str:
+    """MLflow metric names: letters, digits, ``_-./`` and spaces."""
+    return ".".join(re.sub(r"[^\w\-./ ]", "_", p) for p in parts)
+
+
+def gain_metrics(
+    valid: Mapping[str, Mapping[str, float]], reference: Mapping[str, Mapping[str, float]]
+) -> dict[str, float]:
+    """``gain.<task>.<metric>``: the MTL gain over the single-task reference's validation
+    metric (positive = better, whatever the metric's direction), for every metric both have."""
+    out = {}
+    for task, metrics in valid.items():
+        for name, value in metrics.items():
+            ref = (reference.get(task) or {}).get(name)
+            if name in METRIC_DIRECTIONS and ref is not None:
+                g = gain(float(value), float(ref), METRIC_DIRECTIONS[name])
+                if math.isfinite(g):
+                    out[metric_key("gain", task, name)] = g
+    return out
+
+
+def single_task_valid(trials: Sequence[FrozenTrial]) -> dict[str, dict[str, float]] | None:
+    """The validation metrics of the study's completed single-task reference trial."""
+    for t in trials:
+        if t.state == TrialState.COMPLETE and t.user_attrs.get(PRESET_ATTR) == "single_task":
+            valid = t.user_attrs.get("valid")
+            return valid if isinstance(valid, dict) else None
+    return None

@@ -7,15 +7,14 @@ since weighting between tasks means nothing for one task. Every other model gets
 training config as given.
 
 Gains follow the PLE paper: ``M_mtl - M_single`` on the task's primary metric when higher is
-better, ``M_single - M_mtl`` otherwise, on the mean over seeds. A model with a positive gain
-on every task *beats single-task*; one with a positive gain on some task and a negative gain
-on another shows the *seesaw*.
+better, ``M_single - M_mtl`` otherwise, on the mean over seeds. The verdict (better on all
+tasks, seesaw, ...) is the one rule of :mod:`mtlsearch.train._verdict`, shared with the
+search's front and the report: a gain counts only beyond two standard errors over seeds.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,14 +27,15 @@ from mtlsearch.data import MTLDataset
 from mtlsearch.train._config import ExperimentConfig, LossWeightingConfig, TrainConfig
 from mtlsearch.train._fit import TrainResult, fit
 from mtlsearch.train._tasks import PRIMARY_METRICS, mtl_gain
+from mtlsearch.train._verdict import BEATS as BEATS  # re-exported: the verdict codes
+from mtlsearch.train._verdict import NO_GAIN as NO_GAIN
+from mtlsearch.train._verdict import NOISE, RULE, counted_gain, judge, label, standard_error
+from mtlsearch.train._verdict import PARTIAL as PARTIAL
+from mtlsearch.train._verdict import SEESAW as SEESAW
+from mtlsearch.train._verdict import classify_gains as classify_gains
 
 SINGLE_TASK = "single_task"
 DEFAULT_PRESETS: tuple[str, ...] = ("shared_bottom", "mmoe", "cgc", "ple")
-
-BEATS = "beats_single_task"
-SEESAW = "seesaw"
-PARTIAL = "partial_gain"  # better on some tasks, equal on the rest
-NO_GAIN = "no_gain"
 
 
 @dataclass(frozen=True)
@@ -128,29 +128,33 @@ class BaselineReport:
     def gains(self, model: str, split: str = "test") -> dict[str, float]:
         return {t.name: self.gain(model, t.name, split) for t in self.tasks}
 
-    def verdict(self, model: str, split: str = "test", noise: float = 2.0) -> str:
-        """``beats_single_task``, ``seesaw``, ``partial_gain`` or ``no_gain``.
+    def verdict(self, model: str, split: str = "test", noise: float = NOISE) -> str:
+        """The verdict code of ``model`` (:func:`mtlsearch.train._verdict.judge`): a task's
+        gain counts only beyond ``noise`` standard errors of the difference of the two means
+        over seeds; with one seed of either model the verdict is ``one_seed`` (no verdict)."""
+        return judge(self.gains(model, split), self.standard_errors(model, split), noise)
 
-        With two or more seeds a task's gain counts only if it exceeds ``noise`` standard
-        errors of the difference of the two means (``sqrt(s_m^2/n_m + s_1^2/n_1)``); smaller
-        gains are ties. A seed-to-seed wobble is not a seesaw. With one seed there is no
-        noise estimate and the sign decides.
-        """
-        return classify_gains(self.clear_gains(model, split, noise).values())
-
-    def clear_gains(self, model: str, split: str = "test", noise: float = 2.0) -> dict[str, float]:
-        """Each task's gain, or 0.0 where it is within ``noise`` standard errors (see verdict)."""
-        out = {}
+    def standard_errors(self, model: str, split: str = "test") -> dict[str, float | None]:
+        """Per task: standard error of the gain's difference of means (``None``: one seed)."""
         n_model, n_single = len(self.runs_of(model)), len(self.runs_of(SINGLE_TASK))
-        for t in self.tasks:
-            gain = self.gain(model, t.name, split)
-            if n_model > 1 and n_single > 1:
-                s_m = self.metric(model, t.name, split=split)[1]
-                s_1 = self.metric(SINGLE_TASK, t.name, split=split)[1]
-                if abs(gain) <= noise * math.sqrt(s_m**2 / n_model + s_1**2 / n_single):
-                    gain = 0.0
-            out[t.name] = gain
-        return out
+        return {
+            t.name: standard_error(
+                self.metric(model, t.name, split=split)[1],
+                n_model,
+                self.metric(SINGLE_TASK, t.name, split=split)[1],
+                n_single,
+            )
+            for t in self.tasks
+        }
+
+    def clear_gains(self, model: str, split: str = "test", noise: float = NOISE) -> dict[str, float]:
+        """Each task's gain, or 0.0 where it is within ``noise`` standard errors (see verdict);
+        with one seed every gain is kept as it is (there is no noise estimate)."""
+        errors = self.standard_errors(model, split)
+        return {
+            task: gain if errors[task] is None else counted_gain(gain, errors[task], noise)
+            for task, gain in self.gains(model, split).items()
+        }
 
     def _kind(self, task: str) -> str:
         for t in self.tasks:
@@ -174,10 +178,11 @@ class BaselineReport:
                 row.append(f"{mean:.4f} ± {std:.4f}" if len(self.seeds) > 1 else f"{mean:.4f}")
                 row.append("" if model == SINGLE_TASK else f"{self.gain(model, t.name, split):+.4f}")
             runs = self.runs_of(model)
-            row.append("reference" if model == SINGLE_TASK else self.verdict(model, split))
+            row.append("reference" if model == SINGLE_TASK else label(self.verdict(model, split)))
             row.append(f"{runs[0].n_params:,}")
             row.append(f"{statistics.fmean(r.epoch_seconds for r in runs):.2f}")
             lines.append("| " + " | ".join(row) + " |")
+        lines += ["", RULE + "."]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,17 +216,6 @@ class BaselineReport:
             raise UserError(f"{path}: no such file") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{path}: not a baseline report ({exc})") from None
-
-
-def classify_gains(gains: Sequence[float] | Any) -> str:
-    gains = list(gains)
-    better = any(g > 0 for g in gains)
-    worse = any(g < 0 for g in gains)
-    if better and worse:
-        return SEESAW
-    if better:
-        return BEATS if all(g > 0 for g in gains) else PARTIAL
-    return NO_GAIN
 
 
 def _run(model: str, seed: int, results: Sequence[TrainResult]) -> BaselineRun:
