@@ -295,15 +295,19 @@ def main() -> None:
     parser.add_argument("--cut", type=float, default=90.0, help="seconds of the storage cut")
     parser.add_argument("--quick", action="store_true", help="smoke run: 8 tickets, 10 s cut, short lease")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="keep the workers' logs and mlflow.db here (default: temp)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.trials, args.cut, args.epochs, args.rows = 8, 10.0, 12, 1500
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")
     results = []
     with tempfile.TemporaryDirectory(prefix="mtlsearch-faults-") as tmp:
+        base = args.workdir or Path(tmp)
         for backend in args.storages.split(","):
-            folder = Path(tmp) / backend
-            folder.mkdir()
+            folder = base / backend
+            folder.mkdir(parents=True, exist_ok=False)
             results.append(Run(backend, folder, args).run())
     text = report(results, args, started)
     print(text)

@@ -22,7 +22,8 @@ def shared_data_dir(*parts: str) -> Path:
     When it is missing the test is skipped on a developer's machine, but fails under CI
     (``CI=true``): there a skip would let a broken checkout pass silently.
     """
-    root = Path(os.environ.get("MTLSEARCH_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
+    env = os.environ.get("MTLSEARCH_DATA") or os.environ.get("MTLSEARCH_SHARED_DATA")
+    root = Path(env or REPO_ROOT.parent / "shared" / "data")
     path = root.joinpath(*parts)
     if not path.exists():
         reason = (

@@ -83,6 +83,7 @@ def test_aliexpress_sample_splits_the_test_file() -> None:
 
 def test_missing_files_name_where_they_were_looked_for(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("MTLSEARCH_DATA", raising=False)
+    monkeypatch.delenv("MTLSEARCH_SHARED_DATA", raising=False)
     for name in ("ali-ccp", "aliexpress"):
         with pytest.raises(UserError, match=str(tmp_path)) as exc:
             load_dataset(name, data_dir=tmp_path)

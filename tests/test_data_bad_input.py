@@ -22,6 +22,7 @@ def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A data folder; the download cache points inside it so 'nothing written' covers it."""
     monkeypatch.setenv("MTLSEARCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MTLSEARCH_DATA", raising=False)
+    monkeypatch.delenv("MTLSEARCH_SHARED_DATA", raising=False)
     return tmp_path
 
 

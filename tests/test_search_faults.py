@@ -296,6 +296,10 @@ def test_sigterm_releases_the_trial_closes_its_mlflow_run_and_exits_143(tmp_path
         assert "Traceback" not in text and "terminated (SIGTERM)" in text, text
         trial = study().trials[hit.number]
         assert trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs
+        # Its ticket went back at once, with its configuration: no one waits for a lease.
+        retry = _retries_of(study(), hit.number)
+        assert len(retry) == 1 and retry[0].state == TrialState.WAITING
+        assert retry[0].params == hit.params and set(retry[0].user_attrs) <= {"ticket", "preset"}
         from mlflow import MlflowClient
 
         client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -45,6 +45,35 @@ def _register_commands() -> None:
 
 _register_commands()
 
+#: Options that take several values: ``--objectives income:auc marital:auc params`` is read
+#: as ``--objectives income:auc,marital:auc,params`` (click options take one value each).
+MULTI_VALUE_OPTIONS = ("--objectives",)
+
+
+def join_multi_values(argv: list[str]) -> list[str]:
+    """The command line with each :data:`MULTI_VALUE_OPTIONS` option's following bare words
+    (up to the next ``-``-token) joined to its value by commas. Only options of commands
+    without positional arguments are listed, so no argument is swallowed."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name, eq, first = token.partition("=")
+        if token == "--":
+            out.extend(argv[i:])
+            break
+        if name in MULTI_VALUE_OPTIONS and (eq or i + 1 < len(argv)):
+            values = [first] if eq else [argv[i + 1]]
+            i += 1 if eq else 2
+            while i < len(argv) and not argv[i].startswith("-"):
+                values.append(argv[i])
+                i += 1
+            out += [name, ",".join(values)]
+            continue
+        out.append(token)
+        i += 1
+    return out
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that it unwinds exactly like Ctrl-C: the running
@@ -67,7 +96,7 @@ def main() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        result = app(standalone_mode=False)
+        result = app(args=join_multi_values(sys.argv[1:]), standalone_mode=False)
     except UserError as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
         sys.exit(2)

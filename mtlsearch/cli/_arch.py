@@ -5,21 +5,34 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from mtlsearch._errors import UserError
 from mtlsearch.arch import PRESETS, ArchConfig, build_model, count_parameters
+from mtlsearch.cli._common import console
 
 arch_app = typer.Typer(help="Inspect architecture configs and presets.", no_args_is_help=True)
 
 
 @arch_app.command("show")
-def show(config: Path = typer.Argument(..., help="Architecture YAML (a 'model:' section or bare).")) -> None:
-    """Validate an architecture file and print its levels, experts and parameter count."""
+def show(
+    config: Path = typer.Argument(..., help="Architecture YAML (a 'model:' section or bare)."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="Fill model.inputs and model.tasks from this built-in dataset."
+    ),
+    data: str | None = typer.Option(None, "--data", help="... or from this dataset spec YAML."),
+    option: list[str] | None = typer.Option(
+        None, "--option", "-o", help="Option of the built-in dataset, KEY=VALUE (repeatable)."
+    ),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder holding the dataset's files."),
+) -> None:
+    """Validate an architecture file and print its levels, experts and parameter count.
+
+    A file without ``inputs``/``tasks`` (like examples/*.yaml, which `train` fills from the
+    data) needs --dataset or --data; without them the default is the synthetic data's."""
     if not config.is_file():
         raise UserError(f"{config}: no such file")
-    cfg = ArchConfig.load(config)  # size-capped, alias-free read; errors name the file
+    cfg = ArchConfig.load(config) if _has_tasks(config) else _filled(config, dataset, data, option, data_dir)
     model = build_model(cfg, seed=0)
     table = Table(title=f"{cfg.name}: {count_parameters(model):,} parameters")
     for col in ("level", "shared", "specific", "widths", "select", "shared gate", "gate"):
@@ -34,7 +47,35 @@ def show(config: Path = typer.Argument(..., help="Architecture YAML (a 'model:' 
             str(lv.shared_gate),
             f"{lv.gate_kind}/{lv.gate_sharing}/{lv.gate_input}",
         )
-    Console().print(table)
+    console().print(table)
+
+
+def _has_tasks(config: Path) -> bool:
+    from mtlsearch._yaml import read_yaml_file
+
+    _, raw = read_yaml_file(config, "architecture file")
+    model = raw.get("model", raw) if isinstance(raw, dict) else raw
+    return not isinstance(model, dict) or "tasks" in model
+
+
+def _filled(
+    config: Path, dataset: str | None, data: str | None, option: list[str] | None, data_dir: Path | None
+) -> ArchConfig:
+    """The file's architecture with inputs and tasks taken from a dataset (the synthetic
+    data's, small, when none is named)."""
+    from mtlsearch._yaml import read_yaml_file
+    from mtlsearch.cli._train import _load_data
+    from mtlsearch.train import ExperimentConfig
+
+    if dataset is None and data is None:
+        dataset, option = "synthetic", [*(option or []), "n=1000"]
+    ds = _load_data(data, dataset, data_dir, option, None)
+    _, raw = read_yaml_file(config, "architecture file")
+    model = raw.get("model", raw)
+    try:
+        return ExperimentConfig.from_dict({"model": model}, inputs=ds.input_spec(), tasks=ds.tasks).model
+    except UserError as exc:
+        raise UserError(f"{config}: {exc}") from None
 
 
 @arch_app.command("presets")

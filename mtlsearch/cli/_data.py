@@ -12,6 +12,7 @@ from rich.table import Table
 
 from mtlsearch._errors import UserError
 from mtlsearch._yaml import option_value
+from mtlsearch.cli._common import check_spec_path, console
 from mtlsearch.data import BUILTIN_DATASETS, describe, load_dataset
 from mtlsearch.data._describe import SPLITS, DatasetDescription, TaskSplitSummary
 
@@ -115,6 +116,7 @@ def describe_cmd(
         None,
         "--data-dir",
         help="Folder with dataset files (default: $MTLSEARCH_DATA, else download).",
+        show_default=False,
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for random splits / generated data."),
     options: list[str] = typer.Option(
@@ -131,8 +133,10 @@ def describe_cmd(
         raise UserError(f"--dataset {dataset!r}: unknown; {hint}built-in: {', '.join(BUILTIN_DATASETS)}")
     source = dataset if dataset is not None else spec
     assert source is not None
+    if spec is not None:
+        check_spec_path(spec, "data describe")
     ds = load_dataset(source, data_dir=data_dir, seed=seed, **parse_options(options))
-    render(describe(ds), Console())
+    render(describe(ds), console())
 
 
 @data_app.command("list")

@@ -1,9 +1,9 @@
-"""``mtlsearch search``, ``worker`` and ``front``: run and inspect architecture searches."""
+"""``mtlsearch search``, ``worker``, ``front``, ``trial`` and ``studies``: run and inspect
+architecture searches."""
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,14 +11,16 @@ from typing import Any
 import optuna
 import typer
 from optuna.trial import FrozenTrial, TrialState
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mtlsearch._errors import StorageUnavailable, UserError
+from mtlsearch.cli._common import check_spec_path, set_threads, threads_option
+from mtlsearch.cli._common import console as make_console
 
 logger = logging.getLogger("mtlsearch")
-console = Console(stderr=True)
+console = make_console(stderr=True)
+_STORAGE_HELP = "The study's Optuna storage URL (default sqlite:///mtlsearch.db in this folder)."
 
 
 def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
@@ -35,26 +37,50 @@ def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
 
 
 class ProgressObserver:
-    """Terminal progress of a study: done/total, failures, front size, best per task, HV."""
+    """Terminal progress of a study: done/total, the running trials (number, preset or
+    "searched", epoch k/n), failures, front size, best per task, HV."""
 
     def __init__(self, progress: Progress, task_id: Any, ctx: Any) -> None:
         self.progress = progress
         self.task_id = task_id
         self.ctx = ctx
         self._lock = threading.Lock()
+        self._running: dict[int, list[Any]] = {}  # trial number -> [label, epochs done, epochs]
+        self._summary = ""
         self.refresh(ctx.study)
 
     def on_study(self, study, context) -> None:
         pass
 
-    def on_trial_start(self, trial, config) -> None:
-        pass
+    def on_trial_start(self, trial: optuna.Trial, config: Any) -> None:
+        label = trial.user_attrs.get("preset") or "searched"
+        with self._lock:
+            self._running[trial.number] = [label, 0, config.training.epochs]
+        self._show()
 
-    def on_epoch(self, trial, report) -> None:
-        pass
+    def on_epoch(self, trial: optuna.Trial, report: Any) -> None:
+        with self._lock:
+            if trial.number in self._running:
+                self._running[trial.number][1] = report.epoch + 1
+        self._show()
 
     def on_trial_end(self, study: optuna.Study, trial: FrozenTrial, result: Any) -> None:
+        with self._lock:
+            self._running.pop(trial.number, None)
         self.refresh(study)
+
+    def running_text(self) -> str:
+        """``running #5 mmoe epoch 2/3, #6 searched epoch 0/3`` (empty when none runs)."""
+        with self._lock:
+            items = sorted(self._running.items())
+        if not items:
+            return ""
+        return "running " + ", ".join(f"#{n} {label} epoch {k}/{e}" for n, (label, k, e) in items)
+
+    def _show(self) -> None:
+        running = self.running_text()
+        status = f"{running} · {self._summary}" if running else self._summary
+        self.progress.update(self.task_id, status=status)
 
     def refresh(self, study: optuna.Study) -> None:
         from mtlsearch.search import count_finished, hypervolume, pareto_front
@@ -73,15 +99,12 @@ class ProgressObserver:
                     pick = max if o.direction == "maximize" else min
                     best.append(f"{o.name} {pick(t.values[i] for t in complete):.4f}")
             hv = hypervolume(complete, objectives) if complete else 0.0
-            self.progress.update(
-                self.task_id,
-                completed=done,
-                total=self.ctx.settings.n_trials,
-                status=(
-                    f"failed {failed} · pruned {pruned} · front {len(front)} · "
-                    f"best {', '.join(best) or '-'} · HV {hv:.4g}"
-                ),
+            self._summary = (
+                f"failed {failed} · pruned {pruned} · front {len(front)} · "
+                f"best {', '.join(best) or '-'} · HV {hv:.4g}"
             )
+            self.progress.update(self.task_id, completed=done, total=self.ctx.settings.n_trials)
+        self._show()
 
 
 def quiet_libraries() -> None:
@@ -92,16 +115,13 @@ def quiet_libraries() -> None:
 
 
 def _run(ctx: Any, n_jobs: int, timeout: float | None, quiet: bool) -> None:
-    """Run ``n_jobs`` workers in this process until the budget is used up.
+    """Run ``n_jobs`` workers in this process until the budget is used up (torch's thread
+    count is set by the command, see ``--threads``).
 
     With several workers (threads) an interrupt lands in the main thread, which is only
     waiting: it stops the loops, releases every trial this process runs (so that they are
     retried at once) and re-raises; the CLI then exits without waiting for the trainers.
     """
-    if n_jobs > 1:  # split the cores between in-process workers
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_jobs))
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -217,6 +237,25 @@ def _attach_tracking(
     ctx.observers.append(observer)
 
 
+def _references(text: str | None, no_references: bool) -> tuple[bool, int | None]:
+    """``--references N|all|none`` (and the older ``--no-references``) as (enqueue, count)."""
+    if no_references:
+        if text not in (None, "none", "0"):
+            raise UserError(f"--no-references and --references {text}: choose one")
+        return False, 0
+    if text is None or text.strip().lower() == "all":
+        return True, None
+    if text.strip().lower() == "none":
+        return False, 0
+    try:
+        count = int(text)
+    except ValueError:
+        raise UserError(f"--references {text!r}: expected a count, all or none") from None
+    if count < 0:
+        raise UserError(f"--references {text!r}: expected a count >= 0, all or none")
+    return count > 0, count
+
+
 def search(
     space: Path = typer.Option(..., "--space", help="Search-space YAML (see search_spaces/)."),
     dataset: str | None = typer.Option(
@@ -231,7 +270,13 @@ def search(
         help="Built-in dataset option, KEY=VALUE (repeatable), e.g. group=2 or n=20000.",
     ),
     data_dir: Path | None = typer.Option(
-        None, "--data-dir", help="Folder holding the built-in dataset's files."
+        None, "--data-dir", help="Folder holding the built-in dataset's files (default: $MTLSEARCH_DATA)."
+    ),
+    set_items: list[str] | None = typer.Option(
+        None,
+        "--set",
+        help="Override a constant or leaf of the space, PATH=VALUE (repeatable), e.g. training.epochs=2 "
+        "or level.n_shared={int: [1, 3]}; stored with the study.",
     ),
     n_trials: int = typer.Option(
         8, "--n-trials", help="Trials in the study's budget (resume raises or keeps it)."
@@ -240,23 +285,35 @@ def search(
     study_name: str | None = typer.Option(
         None, "--study", help="Study name (default: from space and dataset); resumes if it exists."
     ),
-    storage: str | None = typer.Option(
-        None, "--storage", help="Optuna storage URL (default sqlite:///mtlsearch.db)."
+    storage: str | None = typer.Option(None, "--storage", help=_STORAGE_HELP),
+    sampler: str | None = typer.Option(
+        None, "--sampler", help="nsga2 | tpe | random (default tpe; a resume keeps the study's)."
     ),
-    sampler: str = typer.Option("tpe", "--sampler", help="nsga2 | tpe | random."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the sampler and every trial's training."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seeds the sampler and every trial's training (default 0; a resume keeps it)."
+    ),
     objectives: list[str] | None = typer.Option(
-        None, "--objectives", help="TASK[:METRIC], params, latency (default: every task's primary metric)."
+        None,
+        "--objectives",
+        help="TASK[:METRIC], params, latency: space- or comma-separated, or repeated "
+        "(default: every task's primary metric).",
     ),
-    max_params: int | None = typer.Option(None, "--max-params", help="Constraint: parameter count <= N."),
+    max_params: int | None = typer.Option(
+        None, "--max-params", help="Constraint: parameter count <= N (checked before training)."
+    ),
     n_jobs: int = typer.Option(1, "--n-jobs", help="Workers in this process (threads)."),
+    threads: int | None = threads_option(),
     prune: bool = typer.Option(
         False, "--prune/--no-prune", help="Stop trials dominated at the same epoch by finished ones."
     ),
     prune_margin: float = typer.Option(0.01, "--prune-margin", help="Relative margin for dominance pruning."),
-    no_references: bool = typer.Option(
-        False, "--no-references", help="Do not enqueue the named architectures first."
+    references: str | None = typer.Option(
+        None,
+        "--references",
+        help="Named architectures enqueued first: N (the first N of the space's list), all or none "
+        "(default all).",
     ),
+    no_references: bool = typer.Option(False, "--no-references", help="Same as --references none."),
     tracking_uri: str | None = typer.Option(
         None,
         "--tracking-uri",
@@ -268,6 +325,8 @@ def search(
 ) -> None:
     """Run (or resume) a multi-objective architecture search."""
     from mtlsearch.search import SearchSettings, SearchSpace, create_or_resume, default_storage_url
+    from mtlsearch.search._space import apply_overrides
+    from mtlsearch.search._study import warn_short_budget
 
     if (dataset is None) == (data is None):
         if dataset is None and data is None:
@@ -278,8 +337,13 @@ def search(
     if not space.is_file():
         raise UserError(f"--space {space}: no such file")
     parsed = SearchSpace.read(space)  # size cap, no aliases, every value checked
+    if set_items:
+        parsed = SearchSpace.from_yaml(apply_overrides(parsed.text, set_items, str(space)), str(space))
     if data is not None and not data.is_file():
         raise UserError(f"--data {data}: no such file")
+    if data is not None:
+        check_spec_path(data)
+    enqueue, n_refs = _references(references, no_references)
     source = dataset or str(data.resolve())  # type: ignore[union-attr]
     name = study_name or f"{space.stem}-{Path(source).stem}"
     settings = SearchSettings(
@@ -289,18 +353,25 @@ def search(
         dataset_options=_parse_options(data_option),
         data_dir=str(data_dir.resolve()) if data_dir else None,
         objectives=tuple(objectives or ()),
-        sampler=sampler,
-        seed=seed,
+        sampler=sampler or "tpe",
+        seed=0 if seed is None else seed,
         n_trials=n_trials,
-        enqueue_references=not no_references,
+        enqueue_references=enqueue,
         pruning={"margin": prune_margin} if prune else None,
         max_params=max_params,
+        references=n_refs,
     )
     quiet_libraries()
+    n_threads = set_threads(threads, n_jobs)
     storage_url = storage or default_storage_url()
-    ctx = create_or_resume(name, storage_url, settings)
+    given = {k for k, v in (("sampler", sampler), ("seed", seed)) if v is not None}
+    ctx = create_or_resume(name, storage_url, settings, given=given, threads=n_threads)
+    warn_short_budget(ctx)
     _attach_tracking(ctx, tracking_uri, not no_mlflow, storage_url)
-    console.print(f"study [bold]{name}[/] in {storage_url} · objectives {[o.name for o in ctx.objectives]}")
+    console.print(
+        f"study [bold]{name}[/] in {storage_url} · objectives {[o.name for o in ctx.objectives]} · "
+        f"{n_jobs} x {n_threads} threads"
+    )
     _run(ctx, n_jobs, timeout, quiet)
     _finish(ctx)
 
@@ -312,39 +383,82 @@ def worker(
         None, "--seed", help="Sampler seed of this worker (default: distinct per worker)."
     ),
     timeout: float | None = typer.Option(None, "--timeout", help="Stop after S seconds."),
-    tracking_uri: str | None = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI"),
-    no_mlflow: bool = typer.Option(False, "--no-mlflow"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    threads: int | None = threads_option(),
+    tracking_uri: str | None = typer.Option(
+        None,
+        "--tracking-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        help="MLflow tracking URI (default: the one the study logs to).",
+    ),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not log to MLflow."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Join a running study from another process or machine and run its trials."""
     from mtlsearch.search import join
 
     quiet_libraries()
-    ctx = join(study_name, storage, seed=seed)
+    n_threads = set_threads(threads)
+    ctx = join(study_name, storage, seed=seed, threads=n_threads)
     _attach_tracking(ctx, tracking_uri, not no_mlflow, storage)
     _run(ctx, 1, timeout, quiet)
     _finish(ctx, print_front=False)
 
 
 def front(
-    study_name: str = typer.Option(..., "--study"),
-    storage: str | None = typer.Option(None, "--storage", help="Default sqlite:///mtlsearch.db."),
+    study_name: str = typer.Option(..., "--study", help="Name of a study made by `mtlsearch search`."),
+    storage: str | None = typer.Option(None, "--storage", help=_STORAGE_HELP),
 ) -> None:
-    """Print the study's current Pareto front with each task's gain over single-task."""
+    """Print the study's current Pareto front with each task's gain over single-task and
+    each member's architecture (levels, experts, gate wiring, learning rate)."""
     from mtlsearch.search import default_storage_url, load_study, objectives_of
 
     study = load_study(study_name, storage or default_storage_url())
     _print_front(study, objectives_of(study))
 
 
+def describe_config(config: Any) -> str:
+    """A short architecture summary from a trial's ``config`` user attr (an ExperimentConfig
+    as a dict): per level ``<shared>s+<specific>p[<widths>] <select>`` plus ``+sg`` for a
+    shared gate and the gate kind/sharing/input when not the default; then the towers and lr.
+    E.g. ``L1 2s+1p[16] own+shared+sg | L2 2s+1p[16] own+shared | tower [8] | lr 0.005``."""
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        return "-"
+    model, training = config["model"], config.get("training") or {}
+    parts = []
+    for i, lv in enumerate(model.get("levels") or []):
+        specific = lv.get("n_specific", [])
+        spec = ",".join(map(str, specific)) if len(set(specific)) > 1 else str(specific[0] if specific else 0)
+        widths = ",".join(map(str, lv.get("expert_hidden", [])))
+        gate = lv.get("select", "?") + ("+sg" if lv.get("shared_gate") else "")
+        if lv.get("gate_kind", "softmax") != "softmax":
+            kind = lv["gate_kind"]
+            gate += (
+                " no-gate" if kind == "none" else f" top{lv.get('top_k')}" if kind == "topk" else f" {kind}"
+            )
+        if lv.get("gate_sharing", "per_task") != "per_task":
+            gate += f" {lv['gate_sharing']}-gate"
+        if lv.get("gate_input", "level") != "level":
+            gate += f" {lv['gate_input']}-input"
+        if lv.get("norm", "none") != "none":
+            gate += f" {lv['norm']}norm"
+        parts.append(f"L{i + 1} {lv.get('n_shared', 0)}s+{spec}p[{widths}] {gate}")
+    towers = model.get("towers") or []
+    if towers:
+        parts.append(f"tower [{','.join(map(str, towers[0].get('hidden', [])))}]")
+    if "lr" in training:
+        parts.append(f"lr {training['lr']:.3g}")
+    return " | ".join(parts) or "-"
+
+
 def _print_front(study: optuna.Study, objectives: Any) -> None:
-    from mtlsearch.search import front_table
+    from mtlsearch.search import CONFIG_ATTR, front_table
 
     rows = front_table(study, objectives)
-    out = Console()
+    out = make_console()
     if not rows:
         out.print(f"study {study.study_name}: no completed trial yet")
         return
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     table = Table(title=f"Pareto front of {study.study_name} ({len(rows)} trials)")
     table.add_column("trial", justify="right")
     table.add_column("model")
@@ -354,15 +468,142 @@ def _print_front(study: optuna.Study, objectives: Any) -> None:
     for o in task_objs:
         table.add_column(f"gain {o.name}", justify="right")
     table.add_column("vs single-task")
+    table.add_column("architecture")
     for r in rows:
         gains = [r.gains[o.name] for o in task_objs]
-        verdict = "beats on all tasks" if r.beats_single else ("seesaw" if r.seesaw else "")
+        verdict = _verdict_text(r)
         table.add_row(
             str(r.trial),
             r.name,
             *[f"{r.values[o.name]:.5g}" for o in objectives],
             *["-" if g is None else f"{g:+.4f}" for g in gains],
             verdict,
+            describe_config(by_number[r.trial].user_attrs.get(CONFIG_ATTR)),
+        )
+    out.print(table)
+    from mtlsearch.train._verdict import RULE
+
+    out.print(RULE, style="dim")
+    try:
+        from mtlsearch.tracking._mlflow import front_link
+    except ImportError:  # tracking layer not present in this build
+        return
+    link = front_link(study)
+    if link:
+        out.print(link, soft_wrap=True)
+
+
+def _verdict_text(row: Any) -> str:
+    """The front row's verdict against single-task, as the shared verdict rule writes it."""
+    code = getattr(row, "verdict", None)
+    if code is None:
+        return "beats on all tasks" if row.beats_single else ("seesaw" if row.seesaw else "")
+    from mtlsearch.train._verdict import label
+
+    return label(code)
+
+
+def trial(
+    number: int = typer.Argument(..., help="Trial number (as in `mtlsearch front`)."),
+    study_name: str = typer.Option(..., "--study", help="Name of a study made by `mtlsearch search`."),
+    storage: str | None = typer.Option(None, "--storage", help=_STORAGE_HELP),
+) -> None:
+    """Print one trial: its state, objective values, config YAML (architecture + training)
+    and validation/test metrics."""
+    from mtlsearch._yaml import dump_yaml
+    from mtlsearch.search import CONFIG_ATTR, default_storage_url, load_study, objectives_of
+
+    study = load_study(study_name, storage or default_storage_url())
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise UserError(f"trial {number}: study {study_name} has no such trial (0..{len(trials) - 1})")
+    t = trials[number]
+    out = make_console()
+    attrs = t.user_attrs
+    head = [f"trial {t.number} of {study_name}: {t.state.name}", f"model {attrs.get('preset', 'searched')}"]
+    for key, label in (("n_params", "parameters"), ("threads", "threads"), ("seconds", "seconds")):
+        if key in attrs:
+            head.append(f"{label} {attrs[key]:,}" if key == "n_params" else f"{label} {attrs[key]}")
+    out.print(" · ".join(head), markup=False, highlight=False)
+    if attrs.get("fail_reason"):
+        out.print(f"fail_reason: {attrs['fail_reason']}", markup=False, highlight=False)
+    if t.values:
+        names = [o.name for o in objectives_of(study)]
+        out.print(
+            "objectives: " + ", ".join(f"{n} {v:.6g}" for n, v in zip(names, t.values, strict=False)),
+            markup=False,
+            highlight=False,
+        )
+    if CONFIG_ATTR in attrs:
+        out.print(f"config ({describe_config(attrs[CONFIG_ATTR])}):", markup=False, highlight=False)
+        out.print(dump_yaml(attrs[CONFIG_ATTR]).rstrip(), markup=False, highlight=False)
+    valid, test = attrs.get("valid") or {}, attrs.get("test") or {}
+    if valid:
+        table = Table(title=f"trial {t.number}: metrics (best epoch {attrs.get('best_epoch', 0) + 1})")
+        for col in ("task", "metric", "valid", "test"):
+            table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+        for task, metrics in valid.items():
+            for i, (m, v) in enumerate(metrics.items()):
+                tv = (test.get(task) or {}).get(m)
+                table.add_row(task if i == 0 else "", m, f"{v:.4f}", "-" if tv is None else f"{tv:.4f}")
+        out.print(table)
+
+
+def studies(
+    storage: str | None = typer.Option(None, "--storage", help=_STORAGE_HELP),
+) -> None:
+    """List the storage's studies: state, trials by state against the budget, best values."""
+    from mtlsearch.search import default_storage_url
+    from mtlsearch.search._storage import open_storage
+    from mtlsearch.search._study import RECIPE_ATTR, count_finished, objectives_of, settings_of
+
+    url = storage or default_storage_url()
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"--storage {url}: no such SQLite file")
+    store = open_storage(url, heartbeat=False)
+    summaries = optuna.get_all_study_summaries(store, include_best_trial=False)
+    out = make_console()
+    if not summaries:
+        out.print(f"no studies in {url}")
+        return
+    table = Table(title=f"studies in {url}")
+    for col in ("study", "state", "budget", "complete", "failed", "pruned", "running", "waiting", "best"):
+        table.add_column(col, justify="left" if col in ("study", "state", "best") else "right")
+    for summary in sorted(summaries, key=lambda s: s.study_name):
+        study = optuna.load_study(study_name=summary.study_name, storage=store)
+        trials = study.get_trials(deepcopy=False)
+        count = {s: sum(t.state == s for t in trials) for s in TrialState}
+        failed = sum(t.state == TrialState.FAIL and "fail_reason" in t.user_attrs for t in trials)
+        if RECIPE_ATTR in study.user_attrs:
+            budget = settings_of(study).n_trials
+            objs = objectives_of(study)
+        else:
+            budget, objs = None, ()
+        done = count_finished(study)
+        if count[TrialState.RUNNING]:
+            state = "running"
+        elif budget is not None and done >= budget:
+            state = "finished"
+        elif count[TrialState.WAITING]:
+            state = "stopped (tickets waiting)"
+        else:
+            state = "not mtlsearch" if budget is None else "stopped"
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        best = []
+        for i, o in enumerate(objs):
+            if complete and not o.is_cost:
+                pick = max if o.direction == "maximize" else min
+                best.append(f"{o.name} {pick(t.values[i] for t in complete):.4f}")
+        table.add_row(
+            summary.study_name,
+            state,
+            f"{done}/{budget}" if budget is not None else "-",
+            str(count[TrialState.COMPLETE]),
+            str(failed),
+            str(count[TrialState.PRUNED]),
+            str(count[TrialState.RUNNING]),
+            str(count[TrialState.WAITING]),
+            ", ".join(best) or "-",
         )
     out.print(table)
 
@@ -371,3 +612,5 @@ def register(app: typer.Typer) -> None:
     app.command("search")(search)
     app.command("worker")(worker)
     app.command("front")(front)
+    app.command("trial")(trial)
+    app.command("studies")(studies)

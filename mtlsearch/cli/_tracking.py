@@ -70,6 +70,7 @@ def export(
     console = Console()
     console = console if console.is_terminal else Console(width=160)  # no squeezed tables in logs
     console.print(table)
+    console.print(f"pick:       {chosen.explain()}", markup=False, highlight=False)
     console.print(f"config:     {result.config}")
     console.print(
         f"checkpoint: {result.checkpoint or '-'}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -15,19 +16,23 @@ from rich.table import Table
 
 from mtlsearch._errors import UserError
 from mtlsearch._yaml import option_value, read_yaml_file, require_mapping
+from mtlsearch.cli._common import check_spec_path, set_threads, threads_option
+from mtlsearch.cli._common import console as wide_console
 
 logger = logging.getLogger(__name__)
 
 _DATA_HELP = "Dataset spec YAML (or a built-in name)."
 _DATASET_HELP = "Built-in dataset: synthetic, census-income, ali-ccp, aliexpress."
 _OPTION_HELP = "Option of a built-in dataset, KEY=VALUE (repeatable), e.g. group=2 or n=5000."
+_DATA_DIR_HELP = "Folder holding the built-in dataset's files (default: $MTLSEARCH_DATA, else download)."
+_DATA_SEED_HELP = "Seed of random splits and generated data (default: the dataset's own, 0)."
+_SEP_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 
 
 def _console() -> Console:
     """Rich's console; piped or captured output gets a wide line instead of rich's default
     80 columns, so tables are not squeezed into ellipses in logs and files."""
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
+    return wide_console()
 
 
 def _parse_options(options: list[str] | None) -> dict[str, Any]:
@@ -51,6 +56,8 @@ def _load_data(
 
     if (data is None) == (dataset is None):
         raise UserError("give exactly one of --data SPEC and --dataset NAME")
+    if data is not None:
+        check_spec_path(data)
     source = data if data is not None else dataset
     return load_dataset(source, data_dir=data_dir, seed=seed, **_parse_options(options))
 
@@ -78,16 +85,18 @@ def train(
     config: Path = typer.Option(..., "--config", "-c", help="Experiment YAML: model + training."),
     data: str | None = typer.Option(None, "--data", help=_DATA_HELP),
     dataset: str | None = typer.Option(None, "--dataset", help=_DATASET_HELP),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Where built-in data files are."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
     option: list[str] | None = typer.Option(None, "--option", "-o", help=_OPTION_HELP),
-    data_seed: int | None = typer.Option(None, "--data-seed", help="Seed of random splits."),
+    data_seed: int | None = typer.Option(None, "--data-seed", help=_DATA_SEED_HELP),
     out: Path | None = typer.Option(
-        None, "--out", help="Checkpoint directory [default: runs/<config>-<time>]."
+        None, "--out", help="Checkpoint directory (default: runs/<config>-<time>).", show_default=False
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+    threads: int | None = threads_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train one experiment config, print the per-task table, write a checkpoint directory."""
+    """Train one experiment config, print the per-task table, write a checkpoint directory
+    (its metrics.json records the thread count and, for a --data spec, how to read its rows)."""
     from mtlsearch.train import ExperimentConfig, TrainConfig, TrainingDiverged, fit, save_checkpoint
 
     # Fail on a bad training section before the data load, which can take a while.
@@ -99,6 +108,7 @@ def train(
     out = out or Path("runs") / f"{config.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and not overwrite:
         raise UserError(f"{out}: already exists; pass --overwrite or choose another --out")
+    n_threads = set_threads(threads)
     ds = _load_data(data, dataset, data_dir, option, data_seed)
     experiment = ExperimentConfig.load(config, inputs=ds.input_spec(), tasks=ds.tasks)
     try:
@@ -116,7 +126,36 @@ def train(
     if result.utilisation:
         console.print(_utilisation_table(result.utilisation))
     path = save_checkpoint(result, ds, out, overwrite=overwrite)
+    extra: dict[str, Any] = {"threads": n_threads}
+    if data is not None:
+        extra["input"] = _reading_options(ds)
+    _annotate_metrics(path, extra)
     console.print(f"checkpoint: {path}")
+
+
+#: How ``predict`` reads rows: the keys of a spec's ``files`` section it reuses.
+_READING_KEYS = ("sep", "na_values", "skipinitialspace")
+
+
+def _reading_options(ds: Any) -> dict[str, Any]:
+    """The spec's row-reading options (separator, missing markers) for ``predict``."""
+    files = (ds.meta.get("spec") or {}).get("files") or {}
+    return {k: files[k] for k in _READING_KEYS if files.get(k) is not None}
+
+
+def _annotate_metrics(path: Path, extra: dict[str, Any]) -> None:
+    """Add ``extra`` keys to the checkpoint's metrics.json, replaced atomically (the
+    checkpoint is complete and loadable before and after)."""
+    target = path / "metrics.json"
+    metrics = {**json.loads(target.read_text()), **extra}
+    fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(metrics, f, indent=2, allow_nan=False)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _divergence_hint(training: Any) -> str:
@@ -145,20 +184,53 @@ def _write_table(frame: Any, path: Path) -> None:
         raise
 
 
+def _separator(text: str) -> str:
+    sep = _SEP_NAMES.get(text.strip().lower(), text)
+    if not sep:
+        raise UserError("--sep: expected a separator such as , or tab")
+    return sep
+
+
+def predict_reading(input_file: Path, saved: dict[str, Any], sep: str | None) -> dict[str, Any]:
+    """How ``predict`` reads ``input_file`` (a header row is expected): the separator is
+    ``--sep`` if given, else a tab for a ``.tsv`` file, else the one of the spec the model
+    was trained from (saved in metrics.json), else a comma; missing markers and
+    ``skipinitialspace`` come from that spec too."""
+    options = {k: v for k, v in saved.items() if k in _READING_KEYS}
+    if sep is not None:
+        options["sep"] = _separator(sep)
+    elif input_file.suffix.lower() == ".tsv":
+        options["sep"] = "\t"
+    if isinstance(options.get("na_values"), list):
+        options["na_values"] = tuple(options["na_values"])
+    return options
+
+
 def predict(
     model: Path = typer.Option(..., "--model", "-m", help="Checkpoint directory (from train)."),
-    input_file: Path = typer.Option(..., "--input", "-i", help="Raw rows, CSV or Parquet."),
+    input_file: Path = typer.Option(
+        ..., "--input", "-i", help="Raw rows with a header row: CSV, TSV (.tsv) or Parquet."
+    ),
     output: Path = typer.Option(..., "--output", help="Predictions, .csv or .parquet."),
+    sep: str | None = typer.Option(
+        None,
+        "--sep",
+        help="Field separator of --input (',', ';', tab, ...); default: tab for .tsv, else the "
+        "separator of the spec the model was trained from, else a comma.",
+    ),
 ) -> None:
     """Score raw rows through a checkpoint's saved preprocessing."""
     from mtlsearch.data import read_table
+    from mtlsearch.data._spec import FileSpec
     from mtlsearch.train import load_checkpoint
     from mtlsearch.train import predict as predict_rows
 
     if output.suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise UserError(f"{output}: unknown output format; use .csv or .parquet")
     checkpoint = load_checkpoint(model)
-    frame = read_table(input_file)
+    saved = checkpoint.metrics.get("input") if isinstance(checkpoint.metrics.get("input"), dict) else {}
+    options = predict_reading(input_file, saved, sep)
+    frame = read_table(input_file, FileSpec(path=str(input_file), **options))
     predictions = predict_rows(checkpoint, frame, source=str(input_file))
     _write_table(predictions, output)
     logger.info("wrote %d predictions to %s", len(predictions), output)
@@ -174,9 +246,9 @@ def _int_list(text: str, flag: str) -> list[int]:
 def baselines(
     data: str | None = typer.Option(None, "--data", help=_DATA_HELP),
     dataset: str | None = typer.Option(None, "--dataset", help=_DATASET_HELP),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Where built-in data files are."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
     option: list[str] | None = typer.Option(None, "--option", "-o", help=_OPTION_HELP),
-    data_seed: int | None = typer.Option(None, "--data-seed", help="Seed of random splits."),
+    data_seed: int | None = typer.Option(None, "--data-seed", help=_DATA_SEED_HELP),
     training: Path | None = typer.Option(
         None, "--training", help="YAML with the training section (a 'training:' key or bare)."
     ),
@@ -187,8 +259,11 @@ def baselines(
     sizes: Path | None = typer.Option(
         None, "--sizes", help="YAML of preset sizes (expert_hidden, tower, n_experts, ...)."
     ),
-    seeds: str | None = typer.Option(None, "--seeds", help="Training seeds, e.g. 0,1,2."),
+    seeds: str | None = typer.Option(
+        None, "--seeds", help="Training seeds, e.g. 0,1,2 (default: training.seed)."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Write the report as JSON."),
+    threads: int | None = threads_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train single-task models and MTL presets with the same budget; report gains and seesaw."""
@@ -206,28 +281,68 @@ def baselines(
         raise UserError(f"{training or '--epochs'}: {exc}") from None
     size_args = _read_yaml_mapping(sizes, "sizes file") if sizes is not None else {}
     size_args = {k: tuple(v) if isinstance(v, list) else v for k, v in size_args.items()}
+    n_threads = set_threads(threads)
     ds = _load_data(data, dataset, data_dir, option, data_seed)
+    preset_list = [p.strip() for p in presets.split(",") if p.strip()]
+    seed_list = _int_list(seeds, "--seeds") if seeds else [train_cfg.seed]
+    announce = _Announcer(ds, preset_list, seed_list, n_threads)
     try:
         report: BaselineReport = run_baselines(
             ds,
             train_cfg,
-            presets=[p.strip() for p in presets.split(",") if p.strip()],
+            presets=preset_list,
             sizes=size_args,
-            seeds=_int_list(seeds, "--seeds") if seeds else None,
+            seeds=seed_list,
             progress=not quiet,
-            on_run=lambda r: logger.info(
-                "%s (seed %d): %s", r.model, r.seed, {t: m for t, m in r.test.items()}
-            ),
+            on_run=announce.done,
         )
     except TrainingDiverged as exc:
         prefix = f"{training}: " if training is not None else ""
         raise UserError(f"{prefix}{exc}; {_divergence_hint(train_cfg)}") from None
     console = _console()
     console.print(_baseline_table(report))
+    from mtlsearch.train._verdict import RULE
+
+    console.print(RULE, style="dim")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         report.save(out)
         console.print(f"report: {out}")
+
+
+class _Announcer:
+    """Says which model and seed ``baselines`` trains next, and what each run gave.
+
+    ``run_baselines`` trains, for each seed in turn, the single-task models (one per task)
+    and then each preset in the given order; the announcer walks that same order."""
+
+    def __init__(self, ds: Any, presets: list[str], seeds: list[int], threads: int) -> None:
+        from mtlsearch.train import SINGLE_TASK
+
+        models = [SINGLE_TASK, *(p for p in presets if p != SINGLE_TASK)]
+        self.order = [(m, s) for s in seeds for m in models]
+        self.tasks = [t.name for t in ds.tasks]
+        self.single = SINGLE_TASK
+        self.threads = threads
+        self.index = 0
+        self._start()
+
+    def _start(self) -> None:
+        if self.index >= len(self.order):
+            return
+        model, seed = self.order[self.index]
+        what = model
+        if model == self.single:
+            what = f"{model} ({len(self.tasks)} models: {', '.join(self.tasks)})"
+        logger.info(
+            "training %s, seed %d (run %d of %d, %d threads)",
+            what, seed, self.index + 1, len(self.order), self.threads,
+        )  # fmt: skip
+
+    def done(self, run: Any) -> None:
+        logger.info("%s (seed %d) test: %s", run.model, run.seed, {t: m for t, m in run.test.items()})
+        self.index += 1
+        self._start()
 
 
 def _read_yaml_mapping(path: Path, what: str = "YAML file") -> dict[str, Any]:
@@ -240,6 +355,7 @@ def _read_yaml_mapping(path: Path, what: str = "YAML file") -> dict[str, Any]:
 
 def _baseline_table(report: Any) -> Table:
     from mtlsearch.train import PRIMARY_METRICS, SINGLE_TASK
+    from mtlsearch.train._verdict import label as verdict_label
 
     seeds = report.seeds
     table = Table(
@@ -263,7 +379,7 @@ def _baseline_table(report: Any) -> Table:
                 gain = report.gain(model, t.name)
                 row.append(f"[{'green' if gain > 0 else 'red'}]{gain:+.4f}[/]")
         runs = report.runs_of(model)
-        row.append("reference" if model == SINGLE_TASK else report.verdict(model))
+        row.append("reference" if model == SINGLE_TASK else verdict_label(report.verdict(model)))
         row.append(f"{runs[0].n_params:,}")
         row.append(f"{sum(r.epoch_seconds for r in runs) / len(runs):.2f}")
         table.add_row(*row)

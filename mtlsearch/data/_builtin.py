@@ -34,11 +34,18 @@ from mtlsearch.data._tensors import MTLDataset
 log = logging.getLogger(__name__)
 
 
+#: The environment variable naming the folder of dataset files, and its accepted alias (the
+#: name the test suite and benchmarks used first).
+DATA_ENV, DATA_ENV_ALIAS = "MTLSEARCH_DATA", "MTLSEARCH_SHARED_DATA"
+
+
 def data_dirs(data_dir: str | Path | None) -> list[Path]:
-    """Where to look for dataset files, in order: ``data_dir``, then ``$MTLSEARCH_DATA``."""
+    """Where to look for dataset files, in order: ``data_dir``, then ``$MTLSEARCH_DATA``
+    (or its alias ``$MTLSEARCH_SHARED_DATA`` when it is unset)."""
     out = [Path(data_dir).expanduser()] if data_dir else []
-    if os.environ.get("MTLSEARCH_DATA"):
-        out.append(Path(os.environ["MTLSEARCH_DATA"]).expanduser())
+    env = os.environ.get(DATA_ENV) or os.environ.get(DATA_ENV_ALIAS)
+    if env:
+        out.append(Path(env).expanduser())
     return out
 
 

@@ -43,8 +43,13 @@ class Objective:
 
 
 def parse_objectives(specs: Sequence[str] | None, tasks: Sequence[TaskSpec]) -> tuple[Objective, ...]:
-    """Default: every task's primary validation metric."""
-    from mtlsearch.train import PRIMARY_METRICS
+    """The study's objectives from ``--objectives`` items (each may hold several, separated by
+    commas); default: every task's primary validation metric.
+
+    Raises :class:`UserError` (one line) for an unknown task, a metric the task's kind does
+    not report (``income:mse`` on a binary task), a repeated objective, or no task metric.
+    """
+    from mtlsearch.train import PRIMARY_METRICS, TASK_KINDS
 
     by_name = {t.name: t for t in tasks}
     if not specs:
@@ -62,8 +67,13 @@ def parse_objectives(specs: Sequence[str] | None, tasks: Sequence[TaskSpec]) -> 
                     f"(or cost objectives {sorted(COST_OBJECTIVES)})"
                 )
             metric = metric or PRIMARY_METRICS[by_name[task].kind][0]
-            if metric not in METRIC_DIRECTIONS:
-                raise UserError(f"--objectives: unknown metric {metric!r}; known {sorted(METRIC_DIRECTIONS)}")
+            kind = by_name[task].kind
+            reported = sorted(TASK_KINDS[kind].metrics)
+            if metric not in METRIC_DIRECTIONS or metric not in reported:
+                raise UserError(
+                    f"--objectives {part}: task {task!r} is {kind}, its metrics are {reported}, "
+                    f"not {metric!r}"
+                )
             out.append(Objective(f"{task}:{metric}", METRIC_DIRECTIONS[metric], task, metric))
     names = [o.name for o in out]
     if len(set(names)) != len(names):

@@ -20,7 +20,9 @@ that the choice is written down (``--pick knee``) rather than made by eye:
     ``constraint:best=income:auc,marital:auc>=0.93,params<=20000``.
 
 Every rule reads validation metrics only: test metrics are for reporting, never selection.
-Ties go to the lowest trial number, so a pick is reproducible.
+Ties (scores equal to 1e-9 relative) are broken by :data:`TIE_BREAK`: fewer parameters, then
+the higher mean normalised task metric over the front, then the lower trial number — so a
+two-member front (where the knee is always a tie) does not fall to whichever trial ran first.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ from optuna.trial import FrozenTrial, TrialState
 from mtlsearch._errors import UserError
 from mtlsearch.search._front import _feasible, completed, pareto_front
 from mtlsearch.search._objectives import COST_OBJECTIVES, METRIC_DIRECTIONS, Objective
+
+#: How :func:`pick_trial` breaks ties between equally scored trials, in order.
+TIE_BREAK = "fewer parameters, then higher mean normalised task metric, then lower trial number"
+_TIE_TOLERANCE = 1e-9
 
 PICK_RULES = ("trial:N", "knee", "weights:w1,w2,...", "constraint:best=METRIC,METRIC>=V,...")
 _BOUND = re.compile(r"^\s*(?P<name>[^<>=]+?)\s*(?P<op>>=|<=)\s*(?P<value>\S+)\s*$")
@@ -79,6 +85,19 @@ class Pick:
     rule: PickRule
     score: float | None
     candidates: int
+    tied: tuple[int, ...] = ()  # trial numbers that tied with the pick on score (pick included)
+
+    def explain(self) -> str:
+        """One line: the rule, the pick's score and, when several trials tied, how the tie
+        was broken (e.g. ``knee: trial 4, score 0.7071; tied with trial 0, broken by fewer
+        parameters, then ...``)."""
+        text = f"{self.rule.text}: trial {self.trial.number}"
+        if self.score is not None:
+            text += f", score {self.score:.6g} of {self.candidates} candidates"
+        others = [n for n in self.tied if n != self.trial.number]
+        if others:
+            text += f"; tied with trial {', '.join(map(str, others))}, broken by {TIE_BREAK}"
+        return text
 
 
 def _number(text: str, what: str, rule: str) -> float:
@@ -190,10 +209,26 @@ def _normalised_losses(front: Sequence[FrozenTrial], objectives: Sequence[Object
     return (losses - low) / span
 
 
-def _argbest(scores: Sequence[float], trials: Sequence[FrozenTrial], lowest: bool) -> int:
-    """Index of the best score; ties go to the lowest trial number."""
-    key = (lambda i: (scores[i], trials[i].number)) if lowest else (lambda i: (-scores[i], trials[i].number))
-    return min(range(len(trials)), key=key)
+def _n_params(trial: FrozenTrial) -> float:
+    value = trial.user_attrs.get("n_params")
+    return float(value) if isinstance(value, int | float) else math.inf
+
+
+def _argbest(
+    scores: Sequence[float],
+    trials: Sequence[FrozenTrial],
+    lowest: bool,
+    task_quality: Sequence[float] | None = None,
+) -> tuple[int, tuple[int, ...]]:
+    """Index of the best score and the trial numbers tied with it; ties are broken by
+    :data:`TIE_BREAK` (``task_quality``: the mean normalised task metric, higher is better)."""
+    signed = [s if lowest else -s for s in scores]
+    best = min(signed)
+    tol = _TIE_TOLERANCE * max(1.0, abs(best))
+    tied = [i for i in range(len(trials)) if signed[i] - best <= tol]
+    quality = task_quality if task_quality is not None else [0.0] * len(trials)
+    i = min(tied, key=lambda i: (_n_params(trials[i]), -quality[i], trials[i].number))
+    return i, tuple(sorted(trials[j].number for j in tied))
 
 
 def pick_trial(study: optuna.Study, rule: PickRule | str, objectives: Sequence[Objective]) -> Pick:
@@ -227,9 +262,11 @@ def pick_trial(study: optuna.Study, rule: PickRule | str, objectives: Sequence[O
                 f"--pick {rule.text}: no feasible completed trial (every trial breaks a constraint)"
             )
         norm = _normalised_losses(front, objectives)
+        task_cols = [k for k, o in enumerate(objectives) if not o.is_cost]
+        quality = (1.0 - norm[:, task_cols]).mean(axis=1).tolist() if task_cols else None
         if rule.kind == "knee":
             scores = np.sqrt((norm**2).sum(axis=1)).tolist()
-            i = _argbest(scores, front, lowest=True)
+            i, tied = _argbest(scores, front, lowest=True, task_quality=quality)
         else:
             if len(rule.weights) != len(objectives):
                 names = ", ".join(o.name for o in objectives)
@@ -238,8 +275,8 @@ def pick_trial(study: optuna.Study, rule: PickRule | str, objectives: Sequence[O
                     f"({names}), got {len(rule.weights)}"
                 )
             scores = ((1.0 - norm) @ np.array(rule.weights)).tolist()
-            i = _argbest(scores, front, lowest=False)
-        return Pick(front[i], rule, float(scores[i]), len(front))
+            i, tied = _argbest(scores, front, lowest=False, task_quality=quality)
+        return Pick(front[i], rule, float(scores[i]), len(front), tied)
 
     # constraint
     goal = _resolve(rule.goal or "", objectives, rule.text)
@@ -259,5 +296,5 @@ def pick_trial(study: optuna.Study, rule: PickRule | str, objectives: Sequence[O
             )
         candidates = kept
     scores = [_value(t, goal) for t in candidates]
-    i = _argbest(scores, candidates, lowest=direction == "minimize")
-    return Pick(candidates[i], rule, float(scores[i]), len(candidates))
+    i, tied = _argbest(scores, candidates, lowest=direction == "minimize")
+    return Pick(candidates[i], rule, float(scores[i]), len(candidates), tied)

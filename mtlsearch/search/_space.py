@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from mtlsearch._errors import UserError, as_float
-from mtlsearch._yaml import brief, load_yaml, read_yaml_file
+from mtlsearch._yaml import brief, dump_yaml, load_yaml, option_value, read_yaml_file
 from mtlsearch.arch import (
     ACTIVATIONS,
     PRESETS,
@@ -611,6 +611,72 @@ class SearchSpace:
             }
         except (ConfigError, TypeError) as exc:
             raise UserError(f"{self.source}: reference.sizes: {exc}") from None
+
+
+# ---- command-line overrides -------------------------------------------------------------------
+def _override_keys(path: Sequence[str]) -> set[str] | None:
+    """The keys allowed below ``path`` (a prefix of an override), or None for any key."""
+    sections = {"level": _LEVEL_KEYS, "tower": _TOWER_KEYS, "training": _TRAINING_KEYS}
+    if not path:
+        return _TOP_KEYS
+    head, rest = path[0], list(path[1:])
+    if head in sections and not rest:
+        return sections[head]
+    if head == "reference":
+        if not rest:
+            return _REFERENCE_KEYS
+        if rest == ["training"]:
+            return _TRAINING_KEYS
+        if rest == ["sizes"]:
+            return None  # preset keyword arguments: checked when the presets are built
+    return set()
+
+
+def apply_overrides(text: str, overrides: Sequence[str], source: str = "<space>") -> str:
+    """The space's text with ``--set PATH=VALUE`` overrides applied, as the YAML a study stores.
+
+    ``PATH`` is a dotted key of the space (``training.epochs``, ``levels``,
+    ``level.n_shared``, ``tower.hidden``, ``reference.training.lr``); ``VALUE`` is read by
+    :func:`mtlsearch._yaml.option_value`, so it may be a constant (``2``, ``1e-3``, ``[16]``)
+    or a range (``{int: [1, 3]}``). The result keeps a comment line per override and is
+    parsed and checked like any space. Raises :class:`UserError` (one line naming the
+    override) for a malformed pair or a path the space grammar does not have.
+    """
+    if not overrides:
+        return text
+    data = load_yaml(text, source, what="search space file")
+    if not isinstance(data, Mapping):
+        return text  # from_dict reports it
+    data = dict(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected PATH=VALUE, e.g. training.epochs=2")
+        parts = key.split(".")
+        node: dict[str, Any] = data
+        for i, part in enumerate(parts):
+            allowed = _override_keys(parts[:i])
+            if allowed == set():
+                leaf = ".".join(parts[:i])
+                raise UserError(f"--set {key}: {leaf} takes a value, not keys; write --set {leaf}=VALUE")
+            if allowed is not None and part not in allowed:
+                where = ".".join(parts[:i]) or "the space"
+                raise UserError(
+                    f"--set {key}: unknown key {part!r} in {where}; expected one of {sorted(allowed)}"
+                )
+            if i == len(parts) - 1:
+                node[part] = option_value(raw, f"--set {key}")
+                break
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, Mapping):
+                raise UserError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            node[part] = child = dict(child)
+            node = child
+    header = "".join(f"# --set {item}\n" for item in overrides)
+    return header + dump_yaml(data)
 
 
 def _clip(message: str, limit: int = 300) -> str:

@@ -82,7 +82,9 @@ def storage_retry_seconds() -> float:
 
 
 # ---- retrying a lost trial ----------------------------------------------------------------------
-def retry_lost_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+def retry_lost_trial(
+    study: optuna.Study, trial: FrozenTrial, why: str = "lost its worker (no heartbeat)"
+) -> None:
     """Re-enqueue a trial whose worker was lost, as a fresh ticket.
 
     The retry keeps what defines the trial (its sampled parameters, its ticket and preset) and
@@ -114,7 +116,7 @@ def retry_lost_trial(study: optuna.Study, trial: FrozenTrial) -> None:
             system_attrs=system,
         )
     )
-    logger.info("trial %d lost its worker (no heartbeat); re-enqueued for retry", trial.number)
+    logger.info("trial %d %s; re-enqueued for retry", trial.number, why)
 
 
 # ---- the Redis journal storage with a lease ----------------------------------------------------

@@ -100,12 +100,23 @@ class SearchSettings:
     enqueue_references: bool = True
     pruning: dict[str, Any] | None = None
     max_params: int | None = None
+    references: int | None = None  # how many of the space's reference presets; None: all
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise UserError(f"--sampler: unknown {self.sampler!r}; expected one of {sorted(SAMPLERS)}")
         if self.n_trials < 1:
             raise UserError(f"--n-trials: must be >= 1, got {self.n_trials}")
+        if self.references is not None and self.references < 0:
+            raise UserError(f"--references: must be a count >= 0, all or none, got {self.references}")
+
+    def reference_names(self, space: SearchSpace) -> tuple[str, ...]:
+        """The reference presets this study enqueues: the first ``references`` of the space's
+        list (all by default, none with ``enqueue_references=False``)."""
+        if not self.enqueue_references:
+            return ()
+        names = tuple(space.reference_presets)
+        return names if self.references is None else names[: self.references]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -153,6 +164,7 @@ class SearchContext:
     observers: list[Any] = field(default_factory=list)
     heartbeat: bool = True
     results: dict[int, Any] = field(default_factory=dict)  # trial number -> TrainResult
+    threads: int | None = None  # torch threads of this process (None: torch's own setting)
 
     @property
     def pruning(self) -> DominancePruning | None:
@@ -166,32 +178,89 @@ def _load_data(settings: SearchSettings) -> Any:
     return load_dataset(settings.dataset, data_dir=data_dir, seed=settings.seed, **settings.dataset_options)
 
 
-def _context(study: optuna.Study, settings: SearchSettings, heartbeat: bool) -> SearchContext:
+def _context(
+    study: optuna.Study | None,
+    settings: SearchSettings,
+    heartbeat: bool,
+    data: Any = None,
+    threads: int | None = None,
+) -> SearchContext:
+    """Everything a worker needs, checked: the space, the data, the objectives against the
+    data's tasks (kind and metric), the space's feasibility. Writes nothing."""
     space = SearchSpace.from_yaml(settings.space_text, source=settings.space_source)
-    data = _load_data(settings)
+    data = data if data is not None else _load_data(settings)
     from mtlsearch.search._objectives import parse_objectives
 
     objectives = parse_objectives(list(settings.objectives), data.tasks)
     encoding = space.resolved_encoding(settings.sampler)
     space.check_feasible(data, data.tasks, encoding)
+    names = settings.reference_names(space)
+    references = space.reference_configs(data, data.tasks) if names else {}
     return SearchContext(
-        study=study,
+        study=study,  # type: ignore[arg-type]
         settings=settings,
         space=space,
         objectives=objectives,
         data=data,
         encoding=encoding,
-        references=space.reference_configs(data, data.tasks) if settings.enqueue_references else {},
+        references={name: references[name] for name in names},
         heartbeat=heartbeat,
+        threads=threads,
     )
 
 
+def _check_same_recipe(study_name: str, stored: SearchSettings, settings: SearchSettings, given: Any) -> None:
+    """A resume that names another sampler or seed than the study's is refused: silently
+    keeping the stored one would run a different search than the command says."""
+    for key in ("sampler", "seed"):
+        if key in given and getattr(settings, key) != getattr(stored, key):
+            raise UserError(
+                f"--{key} {getattr(settings, key)}: study {study_name} was made with --{key} "
+                f"{getattr(stored, key)}; resume it with --{key} {getattr(stored, key)} (or without "
+                f"--{key}), or choose another --study name"
+            )
+
+
+def warn_short_budget(ctx: SearchContext) -> str | None:
+    """A warning (also logged) when the reference presets take the whole budget, so that no
+    architecture is sampled; None when the budget leaves room for sampled trials."""
+    names = list(ctx.references)
+    n = ctx.settings.n_trials
+    if not names or n > len(names):
+        return None
+    if n < len(names):
+        what = (
+            f"only the first {n} of the {len(names)} reference architectures run "
+            f"({', '.join(names[:n])}; not {', '.join(names[n:])})"
+        )
+    else:
+        what = f"the {n} reference architectures use the whole budget"
+    message = (
+        f"--n-trials {n}: {what} and no architecture is sampled; raise --n-trials or choose "
+        "--references N, all or none"
+    )
+    logger.warning(message)
+    return message
+
+
 def create_or_resume(
-    study_name: str, storage_url: str, settings: SearchSettings, heartbeat: bool = True
+    study_name: str,
+    storage_url: str,
+    settings: SearchSettings,
+    heartbeat: bool = True,
+    *,
+    given: Any = ("sampler", "seed"),
+    threads: int | None = None,
 ) -> SearchContext:
-    """Create the study (or load it by name to resume) and top its tickets up to the budget."""
-    # Validate the space before anything is written to the storage.
-    SearchSpace.from_yaml(settings.space_text, source=settings.space_source)
+    """Create the study (or load it by name to resume) and top its tickets up to the budget.
+
+    Before the storage is opened (so a bad command writes nothing, not even a SQLite file)
+    the space, the data and the objectives are checked: an unknown task, or a metric the
+    task's kind does not report (``income:mse`` on a binary task), is a :class:`UserError`.
+    ``given`` names the settings the user chose explicitly: resuming a study with another
+    ``sampler`` or ``seed`` among them is refused. ``threads`` is recorded with every trial.
+    """
+    checked = _context(None, settings, heartbeat, threads=threads)
     storage = open_storage(storage_url, heartbeat)
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     if study_name in existing:
@@ -205,8 +274,10 @@ def create_or_resume(
             raise UserError(f"--study {study_name}: exists in {storage_url} but was not made by mtlsearch")
         if not stored.same_search(settings):
             raise UserError(
-                f"--study {study_name}: exists with a different space or dataset; choose another --study name"
+                f"--study {study_name}: exists with a different space or dataset (--space, --set, "
+                "--dataset/--data, -o) or --max-params; choose another --study name"
             )
+        _check_same_recipe(study_name, stored, settings, given)
         requested = settings.objectives
         settings = SearchSettings(
             **{
@@ -216,7 +287,8 @@ def create_or_resume(
                 "objectives": stored.objectives,
             }
         )
-        ctx = _context(study, settings, heartbeat)
+        same_data = stored.seed == checked.settings.seed
+        ctx = _context(study, settings, heartbeat, data=checked.data if same_data else None, threads=threads)
         if requested:
             from mtlsearch.search._objectives import parse_objectives
 
@@ -228,21 +300,24 @@ def create_or_resume(
                 )
         study.set_user_attr(RECIPE_ATTR, settings.to_json())  # the budget may have changed
         ctx.study = optuna.load_study(
-            study_name=study_name, storage=storage, sampler=make_sampler(settings, ctx.space)
+            study_name=study_name, storage=storage, sampler=make_sampler(settings, len(ctx.references))
         )
+        if ctx.study.metric_names is None:  # made before objectives were named
+            _name_objectives(ctx.study, list(stored.objectives))
         logger.info(
             "resuming study %r: %d finished of %d", study_name, count_finished(ctx.study), settings.n_trials
         )
     else:
-        data_ctx = _context(None, settings, heartbeat)  # type: ignore[arg-type]
+        data_ctx = checked
         objectives = data_ctx.objectives
         settings = SearchSettings(**{**asdict(settings), "objectives": tuple(o.name for o in objectives)})
         study = optuna.create_study(
             study_name=study_name,
             storage=storage,
             directions=[o.direction for o in objectives],
-            sampler=make_sampler(settings, data_ctx.space),
+            sampler=make_sampler(settings, len(data_ctx.references)),
         )
+        _name_objectives(study, [o.name for o in objectives])
         study.set_user_attr("uid", uuid.uuid4().hex)  # tells same-named studies apart (tracking)
         study.set_user_attr(RECIPE_ATTR, settings.to_json())
         study.set_user_attr("objectives", to_dict(objectives))
@@ -253,7 +328,21 @@ def create_or_resume(
     return ctx
 
 
-def join(study_name: str, storage_url: str, seed: int | None = None, heartbeat: bool = True) -> SearchContext:
+def _name_objectives(study: optuna.Study, names: list[str]) -> None:
+    """Optuna's own names for the objectives (``income:auc``, not ``values_0``), which its
+    dashboards, ``trials_dataframe`` and the report then use."""
+    with warnings.catch_warnings():  # experimental since 3.2
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)
+
+
+def join(
+    study_name: str,
+    storage_url: str,
+    seed: int | None = None,
+    heartbeat: bool = True,
+    threads: int | None = None,
+) -> SearchContext:
     """Load a running study as an extra worker (its recipe comes from the storage)."""
     storage = open_storage(storage_url, heartbeat)
     try:
@@ -265,7 +354,7 @@ def join(study_name: str, storage_url: str, seed: int | None = None, heartbeat: 
     settings = SearchSettings.from_json(study.user_attrs[RECIPE_ATTR])
     if seed is not None:
         settings = SearchSettings(**{**asdict(settings), "seed": seed})
-    ctx = _context(study, settings, heartbeat)
+    ctx = _context(study, settings, heartbeat, threads=threads)
     # Each worker needs its own sampler seed, or workers would propose the same points.
     sampler_seed = seed if seed is not None else settings.seed + 1 + (time.time_ns() % 100_000)
     ctx.study = optuna.load_study(
@@ -276,8 +365,8 @@ def join(study_name: str, storage_url: str, seed: int | None = None, heartbeat: 
     return ctx
 
 
-def make_sampler(settings: SearchSettings, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    n_refs = len(space.reference_presets) if settings.enqueue_references else 0
+def make_sampler(settings: SearchSettings, n_refs: int) -> optuna.samplers.BaseSampler:
+    """The study's sampler; ``n_refs`` enqueued reference trials do not count as start-up."""
     return SAMPLERS[settings.sampler](settings.seed, settings.n_trials, n_refs)
 
 
@@ -333,12 +422,26 @@ class _Surplus(Exception):
 def _fail_reason(exc: BaseException) -> str:
     if isinstance(exc, ConfigError):
         return f"invalid sample: {exc}"
+    if isinstance(exc, Infeasible):
+        return f"infeasible: {exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
+class Infeasible(Exception):
+    """A configuration that breaks a constraint known before training (``--max-params``)."""
+
+
 def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[float]]:
-    """The function Optuna calls per trial: config -> trainer -> objective values."""
-    from mtlsearch.train import ExperimentConfig, TrainConfig, fit, measure_latency
+    """The function Optuna calls per trial: config -> trainer -> objective values.
+
+    With ``max_params`` the configuration's parameters are counted before training (built
+    on the meta device, nothing allocated): one above the limit is recorded as FAIL with
+    ``fail_reason`` "infeasible: ..." and user attrs ``infeasible`` and ``n_params``, untrained.
+    Every trial records the torch thread count it ran with (user attr ``threads``).
+    """
+    import torch
+
+    from mtlsearch.train import ExperimentConfig, TrainConfig, estimate_memory, fit, measure_latency
 
     def objective(trial: optuna.Trial) -> Sequence[float]:
         if not trial.user_attrs.get(TICKET_ATTR):
@@ -356,6 +459,15 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
             training = TrainConfig.from_dict({**config.training.to_dict(), "seed": ctx.settings.seed})
             config = ExperimentConfig(model=config.model, training=training)
             trial.set_user_attr(CONFIG_ATTR, config.to_dict())
+            trial.set_user_attr("threads", torch.get_num_threads())
+            if ctx.settings.max_params is not None:
+                n_params = estimate_memory(config).n_parameters
+                if n_params > ctx.settings.max_params:
+                    trial.set_user_attr("n_params", n_params)
+                    trial.set_user_attr("infeasible", True)
+                    raise Infeasible(
+                        f"{n_params:,} parameters > --max-params {ctx.settings.max_params:,}; not trained"
+                    )
             for obs in ctx.observers:
                 obs.on_trial_start(trial, config)
             callbacks: list[Callable[[Any], None]] = [PruningCallback(trial, ctx.objectives, ctx.pruning)]

@@ -188,12 +188,18 @@ class TrialRunner:
 
     def _release(self, trial: optuna.Trial) -> None:
         study = self.ctx.study
+        storage = _direct(study._storage)
         try:
-            stored = _direct(study._storage).get_trial(trial._trial_id)
-            if stored.state == TrialState.RUNNING:
-                _direct(study._storage).set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-            logger.info("trial %d released (interrupted); it will be run again", trial.number)
-            self._notify_end(_direct(study._storage).get_trial(trial._trial_id), None)
+            released = False
+            if storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                try:
+                    released = storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+                except UpdateFinishedTrialError:  # a reaper got there first and re-enqueued it
+                    released = False
+            frozen = storage.get_trial(trial._trial_id)
+            if released:  # its ticket goes back now, with its configuration: no one waits for it
+                retry_lost_trial(study, frozen, "was interrupted (Ctrl-C or SIGTERM)")
+            self._notify_end(frozen, None)
         except Exception as exc:  # the storage may be what the interrupt broke
             logger.warning("could not release interrupted trial %d: %s", trial.number, exc)
         with self._lock:

@@ -1,0 +1,93 @@
+"""What several command modules share: wide consoles, thread counts, spec-file checks."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from mtlsearch._errors import UserError
+
+logger = logging.getLogger("mtlsearch")
+
+#: Columns of a console that is not a terminal (a pipe, a file, a CI log): wide enough that
+#: tables keep full task and objective names instead of rich's 80-column ellipses.
+PIPE_WIDTH = 1000
+
+
+def console(stderr: bool = False) -> Console:
+    """Rich's console on a terminal; piped or captured output gets :data:`PIPE_WIDTH` columns,
+    so ``mtlsearch front | cat`` shows ``income:auc``, not ``income:a…``."""
+    out = Console(stderr=stderr)
+    return out if out.is_terminal else Console(stderr=stderr, width=PIPE_WIDTH, soft_wrap=True)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads(parallel: int = 1) -> int:
+    """torch threads per trial when ``parallel`` trials share this process: the cores divided
+    among them (at least 1). Oversubscribed OpenMP threads made epochs 7-18x slower."""
+    return max(1, available_cores() // max(1, parallel))
+
+
+THREADS_HELP = (
+    "torch threads (intra-op) of this process; default: the available cores divided by the "
+    "trials run in parallel. Results are bitwise reproducible at a fixed thread count."
+)
+
+
+def threads_option() -> int | None:
+    return typer.Option(None, "--threads", min=1, help=THREADS_HELP, show_default=False)
+
+
+def set_threads(threads: int | None, parallel: int = 1) -> int:
+    """Set torch's thread count (given, or :func:`default_threads`) and return it."""
+    import torch
+
+    n = threads if threads is not None else default_threads(parallel)
+    if n < 1:
+        raise UserError(f"--threads: must be >= 1, got {n}")
+    torch.set_num_threads(n)
+    logger.debug("torch threads: %d", n)
+    return n
+
+
+_TABLE_SUFFIXES = {".csv": "CSV", ".tsv": "TSV", ".txt": "text", ".gz": "compressed", ".parquet": "Parquet"}
+_TABLE_SUFFIXES[".pq"] = "Parquet"
+
+
+def check_spec_path(path: str | Path, flag: str = "--data") -> None:
+    """Refuse, in one line, a data table given where a dataset spec YAML is expected (the
+    YAML reader would say "expected a mapping, got str"). Built-in names and missing files
+    are left to the loader."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return
+    kind = _TABLE_SUFFIXES.get(path.suffix.lower())
+    if head.startswith(b"PAR1"):
+        kind = "Parquet"
+    elif head.startswith(b"\x1f\x8b"):
+        kind = "compressed (gzip)"
+    elif kind is None and path.suffix.lower() not in (".yaml", ".yml"):
+        first = head.split(b"\n", 1)[0].decode("utf-8", "replace")
+        if ":" not in first and any(sep in first for sep in (",", "\t", ";")):
+            kind = "TSV" if "\t" in first else "CSV"
+    if kind is not None:
+        raise UserError(
+            f"{flag} {path}: looks like a {kind} table, not a dataset spec YAML; write a spec whose "
+            f"files.path names the table (schema: mtlsearch/data/_spec.py), or use --dataset NAME"
+        )
