@@ -28,6 +28,11 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
     (r"-o n=20000|--option n=20000", "-o n=1500 -o d=20", "small synthetic data"),
     (r"--option n=2000 --option d=20", "-o n=1500 -o d=20", "small synthetic data"),
     (r"-o n=2000 -o d=20", "-o n=1500 -o d=20", "small synthetic data"),
+    (
+        r"--config best/config.yaml --dataset synthetic --data-seed 0",
+        "--config best/config.yaml --dataset synthetic -o n=1500 -o d=20 --data-seed 0",
+        "retrain on the data the (shrunk) demo searched",
+    ),
     (r"--epochs 5", "--epochs 1", "one epoch per baseline"),
     (r"--seeds 0,1,2", "--seeds 0", "one seed"),
     (r"--n-trials \d+", "--n-trials 2", "two trials per search"),
