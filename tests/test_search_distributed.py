@@ -78,7 +78,7 @@ def test_two_workers_finish_exactly_the_budget(tmp_path, backend):
     name = _create(url, n_trials=7)
     procs = [_worker(name, url, tmp_path) for _ in range(2)]
     for p in procs:
-        assert p.wait(timeout=300) == 0, _logs(tmp_path)
+        assert p.wait(timeout=1800) == 0, _logs(tmp_path)
     study = optuna.load_study(study_name=name, storage=create_storage(url))
     _assert_exact(study, 7)
     # Both workers took part (each ran at least one trial).
@@ -118,7 +118,7 @@ def test_a_killed_worker_trial_fails_after_the_grace_period_and_is_retried(tmp_p
     assert state == TrialState.RUNNING, f"trial {killed} ended before the kill ({state})"
 
     survivor = _worker(name, url, tmp_path, env)
-    assert survivor.wait(timeout=300) == 0, _logs(tmp_path)
+    assert survivor.wait(timeout=1800) == 0, _logs(tmp_path)
     study = optuna.load_study(study_name=name, storage=storage)
     trials = {t.number: t for t in study.get_trials()}
     assert trials[killed].state == TrialState.FAIL

@@ -4,6 +4,7 @@ Knows the trainer and the builder; knows nothing of MLflow or the CLI. Observers
 progress displays) watch a search through :class:`SearchObserver` hooks.
 """
 
+from mtlsearch.search._describe import describe_config
 from mtlsearch.search._front import (
     FrontRow,
     front_table,
@@ -53,6 +54,7 @@ __all__ = [
     "count_finished",
     "create_or_resume",
     "default_storage_url",
+    "describe_config",
     "front_table",
     "gain",
     "hypervolume",

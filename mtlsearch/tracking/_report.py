@@ -24,7 +24,14 @@ from optuna.trial import TrialState
 
 import mtlsearch
 from mtlsearch._errors import UserError
-from mtlsearch.search import Objective, front_table, objectives_of, settings_of
+from mtlsearch.search import (
+    CONFIG_ATTR,
+    Objective,
+    describe_config,
+    front_table,
+    objectives_of,
+    settings_of,
+)
 from mtlsearch.tracking import _figures
 from mtlsearch.tracking._summary import (
     UTILISATION_ATTR,
@@ -149,6 +156,7 @@ def _front_html(study: optuna.Study, objectives: Sequence[Objective]) -> str:
     ]
     head += [f"<th>gain {html.escape(o.name)}</th>" for o in task_objs]
     head += ["<th>params</th>"] * size_column + ['<th class="l">vs single-task</th>']
+    head += ['<th class="l">architecture</th>']
     body = []
     for r in rows:
         t = by_number[r.trial]
@@ -159,6 +167,7 @@ def _front_html(study: optuna.Study, objectives: Sequence[Objective]) -> str:
         cells += [_gain_cell(r.gains.get(o.name)) for o in task_objs]
         cells += [f"<td>{_fmt(t.user_attrs.get('n_params'))}</td>"] * size_column
         cells.append(f'<td class="l">{verdict}</td>')
+        cells.append(f'<td class="l">{html.escape(describe_config(t.user_attrs.get(CONFIG_ATTR)))}</td>')
         body.append(f"<tr>{''.join(cells)}</tr>")
     note = (
         "<p class=muted>Gain: the PLE paper's MTL gain of each task over the single-task "

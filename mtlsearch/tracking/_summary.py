@@ -23,7 +23,16 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from mtlsearch.search import Objective, front_table, gain, hypervolume, pareto_ranks, reference_point
+from mtlsearch.search import (
+    CONFIG_ATTR,
+    Objective,
+    describe_config,
+    front_table,
+    gain,
+    hypervolume,
+    pareto_ranks,
+    reference_point,
+)
 from mtlsearch.search._front import PRESET_ATTR, _feasible, _loss_matrix
 from mtlsearch.search._objectives import METRIC_DIRECTIONS
 from mtlsearch.train._verdict import label as verdict_label
@@ -100,6 +109,7 @@ def front_records(
     for r in front_table(study, objectives):
         t = by_number[r.trial]
         row: dict[str, Any] = {"trial": r.trial, "model": r.name}
+        row["architecture"] = describe_config(t.user_attrs.get(CONFIG_ATTR))
         row.update({o.name: r.values[o.name] for o in objectives})
         row.update({f"gain {name}": g for name, g in r.gains.items()})
         row["verdict"] = verdict_label(r.verdict)

@@ -1,0 +1,39 @@
+"""What a trial *is*, in one short line: for the front table, front.csv and the report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def describe_config(config: Any) -> str:
+    """A short architecture summary from a trial's ``config`` user attr (an ExperimentConfig
+    as a dict): per level ``<shared>s+<specific>p[<widths>] <select>`` plus ``+sg`` for a
+    shared gate and the gate kind/sharing/input when not the default; then the towers and lr.
+    E.g. ``L1 2s+1p[16] own+shared+sg | L2 2s+1p[16] own+shared | tower [8] | lr 0.005``."""
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        return "-"
+    model, training = config["model"], config.get("training") or {}
+    parts = []
+    for i, lv in enumerate(model.get("levels") or []):
+        specific = lv.get("n_specific", [])
+        spec = ",".join(map(str, specific)) if len(set(specific)) > 1 else str(specific[0] if specific else 0)
+        widths = ",".join(map(str, lv.get("expert_hidden", [])))
+        gate = lv.get("select", "?") + ("+sg" if lv.get("shared_gate") else "")
+        if lv.get("gate_kind", "softmax") != "softmax":
+            kind = lv["gate_kind"]
+            gate += (
+                " no-gate" if kind == "none" else f" top{lv.get('top_k')}" if kind == "topk" else f" {kind}"
+            )
+        if lv.get("gate_sharing", "per_task") != "per_task":
+            gate += f" {lv['gate_sharing']}-gate"
+        if lv.get("gate_input", "level") != "level":
+            gate += f" {lv['gate_input']}-input"
+        if lv.get("norm", "none") != "none":
+            gate += f" {lv['norm']}norm"
+        parts.append(f"L{i + 1} {lv.get('n_shared', 0)}s+{spec}p[{widths}] {gate}")
+    towers = model.get("towers") or []
+    if towers:
+        parts.append(f"tower [{','.join(map(str, towers[0].get('hidden', [])))}]")
+    if "lr" in training:
+        parts.append(f"lr {training['lr']:.3g}")
+    return " | ".join(parts) or "-"
