@@ -313,7 +313,12 @@ def make_temp_dir(out: Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(out.parent)
-    return Path(tempfile.mkdtemp(prefix=_temp_name_prefix(out), suffix=".tmp", dir=out.parent))
+    path = Path(tempfile.mkdtemp(prefix=_temp_name_prefix(out), suffix=".tmp", dir=out.parent))
+    # mkdtemp makes it private (0700); the folder becomes the user's output: use their umask
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod(0o777 & ~mask)
+    return path
 
 
 def replace_dir(tmp: Path, out: Path, *, atomic: bool = True) -> None:

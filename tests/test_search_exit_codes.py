@@ -60,3 +60,22 @@ def test_with_verbose_the_failing_trials_traceback_is_logged(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1
     assert "Traceback (most recent call last)" in proc.stderr
+
+
+def test_bad_environment_settings_are_refused_before_anything_is_written(tmp_path):
+    """Found by the first trial instead, they would fail (and use up) the whole budget."""
+    cases = [
+        ({"MTLSEARCH_GRACE_PERIOD": "inf"}, "$MTLSEARCH_GRACE_PERIOD: must be between 1 and 604800 seconds"),
+        ({"MTLSEARCH_HEARTBEAT_INTERVAL": "1e400"}, "$MTLSEARCH_HEARTBEAT_INTERVAL: must be between"),
+        (
+            {"MTLSEARCH_HEARTBEAT_INTERVAL": "10", "MTLSEARCH_GRACE_PERIOD": "3"},
+            "$MTLSEARCH_GRACE_PERIOD: 3 s is less than twice the heartbeat interval",
+        ),
+        ({"MTLSEARCH_STORAGE_RETRY": "abc"}, "$MTLSEARCH_STORAGE_RETRY: expected a number of seconds"),
+        ({"MTLSEARCH_MAX_MEMORY": "abc"}, "MTLSEARCH_MAX_MEMORY: expected a size"),
+    ]
+    for env, message in cases:
+        proc = _search(tmp_path, "--n-trials", "1", "--quiet", env=env)
+        assert proc.returncode == 2, (env, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and message in proc.stderr, (env, proc.stderr)
+        assert not (tmp_path / "s.db").exists(), env

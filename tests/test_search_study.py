@@ -280,10 +280,11 @@ def test_a_trial_lost_before_its_objective_started_is_retried_not_waited_for(tmp
     """A Ctrl-C between Optuna's ask and the objective leaves a RUNNING trial with no
     heartbeat and no worker; a resumed search must retry it after the grace period rather
     than wait for it forever."""
-    monkeypatch.setenv("MTLSEARCH_GRACE_PERIOD", "1")
+    monkeypatch.setenv("MTLSEARCH_HEARTBEAT_INTERVAL", "1")
+    monkeypatch.setenv("MTLSEARCH_GRACE_PERIOD", "3")
     ctx = create_or_resume("o", _url(tmp_path), _settings(n_trials=3, enqueue_references=False))
-    orphan = ctx.study.ask()  # takes a ticket, as _run_trial's ask does, then "dies"
-    time.sleep(1.2)  # past the grace period
+    orphan = ctx.study.ask()  # takes a ticket, as a worker's ask does, then "dies"
+    time.sleep(3.3)  # past the grace period
     run_worker(ctx, timeout=60, poll=0.1)
     trials = ctx.study.get_trials()
     assert trials[orphan.number].state == TrialState.FAIL

@@ -123,7 +123,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_task_and_epoch(bad, shown):
     y2[7] = bad  # an unmasked label: it does reach the loss
     broken = replace(data, train=replace(data.train, labels={**data.train.labels, "y2": y2}))
     cfg = experiment(broken, "shared_bottom", epochs=2)
-    with pytest.raises(TrainingDiverged, match=rf"loss of task 'y2' became {shown} at epoch 0"):
+    with pytest.raises(TrainingDiverged, match=rf"loss of task 'y2' became {shown} at epoch 1"):
         fit(cfg, broken, progress=False)
 
 

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 30  # seconds without a heartbeat after which a running trial is lost
 STORAGE_RETRY = 300.0  # seconds a worker keeps retrying an unreachable storage
+MAX_SECONDS = 7 * 24 * 3600.0  # a week: the largest lease or retry window a setting may ask for
 MAX_RETRY = 3  # times a lost trial's configuration is retried before its ticket is re-sampled
 HEARTBEAT_ATTR = "mtlsearch:heartbeat"
 TICKET_ATTR = "ticket"
@@ -59,8 +60,8 @@ def _env_number(name: str, default: float, minimum: float) -> float:
         value = float(raw)
     except ValueError:
         raise UserError(f"${name}: expected a number of seconds, got {raw!r}") from None
-    if not value >= minimum:
-        raise UserError(f"${name}: must be >= {minimum:g}, got {raw!r}")
+    if not minimum <= value <= MAX_SECONDS:  # also refuses nan and inf
+        raise UserError(f"${name}: must be between {minimum:g} and {MAX_SECONDS:g} seconds, got {raw!r}")
     return value
 
 
@@ -71,9 +72,18 @@ def heartbeat_interval() -> int:
 
 def grace_period() -> int:
     """Seconds without a heartbeat after which a running trial counts as lost
-    (``$MTLSEARCH_GRACE_PERIOD``, default ``max(30, 3 x interval)``)."""
-    default = max(GRACE_PERIOD, 3 * heartbeat_interval())
-    return int(_env_number("MTLSEARCH_GRACE_PERIOD", default, 1))
+    (``$MTLSEARCH_GRACE_PERIOD``, default ``max(30, 3 x interval)``).
+
+    Raises :class:`UserError` when it is below twice the heartbeat interval: a healthy worker
+    would then lose its own trials between two heartbeats."""
+    interval = heartbeat_interval()
+    grace = int(_env_number("MTLSEARCH_GRACE_PERIOD", max(GRACE_PERIOD, 3 * interval), 1))
+    if grace < 2 * interval:
+        raise UserError(
+            f"$MTLSEARCH_GRACE_PERIOD: {grace} s is less than twice the heartbeat interval "
+            f"($MTLSEARCH_HEARTBEAT_INTERVAL = {interval} s); healthy workers would lose their trials"
+        )
+    return grace
 
 
 def storage_retry_seconds() -> float:

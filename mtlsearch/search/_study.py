@@ -260,6 +260,7 @@ def create_or_resume(
     ``given`` names the settings the user chose explicitly: resuming a study with another
     ``sampler`` or ``seed`` among them is refused. ``threads`` is recorded with every trial.
     """
+    check_environment()
     checked = _context(None, settings, heartbeat, threads=threads)
     storage = open_storage(storage_url, heartbeat)
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
@@ -328,6 +329,17 @@ def create_or_resume(
     return ctx
 
 
+def check_environment() -> None:
+    """Refuse bad ``$MTLSEARCH_*`` settings (lease, outage retry, memory cap) before anything
+    is written: found by the first trial instead, they would fail every trial of the budget."""
+    from mtlsearch.search._storage import grace_period, storage_retry_seconds
+    from mtlsearch.train import memory_limit
+
+    grace_period()  # checks the heartbeat interval too
+    storage_retry_seconds()
+    memory_limit()
+
+
 def _name_objectives(study: optuna.Study, names: list[str]) -> None:
     """Optuna's own names for the objectives (``income:auc``, not ``values_0``), which its
     dashboards, ``trials_dataframe`` and the report then use."""
@@ -344,6 +356,7 @@ def join(
     threads: int | None = None,
 ) -> SearchContext:
     """Load a running study as an extra worker (its recipe comes from the storage)."""
+    check_environment()
     storage = open_storage(storage_url, heartbeat)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)

@@ -173,6 +173,7 @@ class TrialRunner:
         self.ctx = ctx
         self.objective = objective
         self._running: dict[int, optuna.Trial] = {}  # thread id -> trial
+        self._released: set[int] = set()  # trial ids this process released (interrupt)
         self._lock = threading.Lock()
 
     # -- bookkeeping --
@@ -203,6 +204,7 @@ class TrialRunner:
         except Exception as exc:  # the storage may be what the interrupt broke
             logger.warning("could not release interrupted trial %d: %s", trial.number, exc)
         with self._lock:
+            self._released.add(trial._trial_id)
             self._running = {k: v for k, v in self._running.items() if v is not trial}
 
     def _notify_end(self, frozen: FrozenTrial, result: Any | None) -> None:
@@ -255,6 +257,11 @@ class TrialRunner:
         lost: bool,
     ) -> FrozenTrial | None:
         study = self.ctx.study
+        with self._lock:
+            released = trial._trial_id in self._released
+        if released:  # this process gave it back (Ctrl-C with several workers): nothing to say
+            self.ctx.results.pop(trial.number, None)
+            return None
         stored = study._storage.get_trial(trial._trial_id)
         if lost or stored.state != TrialState.RUNNING:
             return self._dropped(stored)
@@ -336,7 +343,8 @@ def run_worker(
             counts = _state_counts(study)
             if counts.get(TrialState.WAITING, 0) == 0:
                 if counts.get(TrialState.RUNNING, 0) == 0:
-                    logger.info("no trial left to run; `mtlsearch search --study` tops the budget up")
+                    if count_finished(study) < ctx.settings.n_trials:  # another thread may just have ended it
+                        logger.info("no trial left to run; `mtlsearch search --study` tops the budget up")
                     break
                 time.sleep(poll)  # others are running; one may be lost and come back
                 continue

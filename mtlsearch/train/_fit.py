@@ -220,7 +220,7 @@ def _train_epoch(
         total = weighting(losses)
         total_value = total.item()
         if not math.isfinite(total_value):
-            raise _diverged(losses, total, epoch, b, tc.loss_weighting.method)
+            raise _diverged(losses, total, epoch + 1, b + 1, tc.loss_weighting.method)  # 1-based, as shown
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()

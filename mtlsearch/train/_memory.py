@@ -474,7 +474,7 @@ def check_memory(
         config.model.name,
         estimate.summary(),
         estimate.largest_tensor,
-        "none" if limit is None else f"{gib(limit)} GiB",
+        "none" if limit is None else human_size(limit),
         source,
     )
     if limit is not None and estimate.total_bytes > limit:
@@ -485,7 +485,7 @@ def check_memory(
         )
         raise MemoryLimitExceeded(
             f"model {config.model.name!r} needs {estimate.summary()} to train, more than the limit "
-            f"of {gib(limit)} GiB ({source}{hint}); largest tensor: {estimate.largest_tensor}"
+            f"of {human_size(limit)} ({source}{hint}); largest tensor: {estimate.largest_tensor}"
         )
     return estimate
 
