@@ -13,11 +13,12 @@ Scenario, per storage (``--trials`` tickets, default 20; the lease defaults: hea
    (``mlflow.db``, SQLite, in the run's folder), as three workers of one machine would;
 2. once two trials are complete: **SIGKILL** worker 0 mid-trial (a replacement starts, as a
    scheduler would restart it);
-3. **SIGSTOP** worker 1 mid-trial for grace + 15 s, then SIGCONT;
-4. **cut** worker 2's storage connection mid-trial for ``--cut`` seconds (default 90), then
-   restore it;
-5. **SIGKILL** the first replacement mid-trial (a second replacement starts);
-6. **SIGTERM** the second replacement mid-trial (a third replacement starts);
+3. **SIGSTOP** worker 1 mid-trial for grace + 15 s, then SIGCONT; while it sleeps,
+4. **cut** worker 2's storage connection mid-trial for ``--cut`` seconds (default 90), and
+   while both last,
+5. **SIGKILL** the first replacement mid-trial (a second replacement starts), and
+6. **SIGTERM** the second replacement mid-trial (a third replacement starts); then the pause
+   and the cut end;
 7. wait until every worker has exited.
 
 Printed per storage: tickets requested; trials complete / failed for a reason of their own /
@@ -79,7 +80,7 @@ class Run:
         if args.quick:
             self.env.update({"MTLSEARCH_HEARTBEAT_INTERVAL": "2", "MTLSEARCH_GRACE_PERIOD": "6"})
         self.grace = 6 if args.quick else 30
-        self.kills: list[tuple[int, float]] = []  # (trial number, monotonic time of the kill)
+        self.kills: list[tuple[int, float]] = []  # (trial number, seconds from kill to retry)
         self.events: list[str] = []
 
     # -- processes --
@@ -138,27 +139,28 @@ class Run:
         complete = lambda n: sum(t.state == TrialState.COMPLETE for t in self.study().get_trials()) >= n  # noqa: E731
 
         self.wait_for("two complete trials", lambda: complete(2))
-        self.kill(w[0], "w0", signal.SIGKILL)
-        r1 = self.start("r1")
+        r1 = self.kill(w[0], "w0", signal.SIGKILL, replacement="r1")
 
+        # The pause and the cut overlap, and the second kill and the SIGTERM land while they
+        # last: the faults must hit trials before the 20 tickets are used up.
         number = self.wait_for("w1 mid-trial", lambda: self.mid_trial(w[1]))
         w[1].send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
         self.note(f"SIGSTOP w1 in trial {number} for {self.grace + 15} s")
-        time.sleep(self.grace + 15)
-        w[1].send_signal(signal.SIGCONT)
-        self.note("SIGCONT w1")
-
         number = self.wait_for("w2 mid-trial", lambda: self.mid_trial(w[2]))
         self.proxy.cut()
-        self.note(f"storage cut for w2 (trial {number}) for {self.args.cut} s")
-        time.sleep(self.args.cut)
+        cut = time.monotonic()
+        self.note(f"storage cut for w2 (trial {number}) for {self.args.cut:g} s")
+
+        r2 = self.kill(r1, "r1", signal.SIGKILL, replacement="r2")
+        self.kill(r2, "r2", signal.SIGTERM, replacement="r3")
+
+        time.sleep(max(0.0, stopped + self.grace + 15 - time.monotonic()))
+        w[1].send_signal(signal.SIGCONT)
+        self.note("SIGCONT w1")
+        time.sleep(max(0.0, cut + self.args.cut - time.monotonic()))
         self.proxy.restore()
         self.note("storage restored for w2")
-
-        self.kill(r1, "r1", signal.SIGKILL)
-        r2 = self.start("r2")
-        self.kill(r2, "r2", signal.SIGTERM)
-        self.start("r3")
 
         for label, proc, _ in self.procs:
             try:
@@ -171,27 +173,28 @@ class Run:
         self.proxy.close()
         return self.measure(wall)
 
-    def kill(self, proc: subprocess.Popen, label: str, sig: signal.Signals) -> None:
+    def kill(
+        self, proc: subprocess.Popen, label: str, sig: signal.Signals, replacement: str
+    ) -> subprocess.Popen:
+        """Send ``sig`` to ``proc`` mid-trial and start a replacement at once (as a scheduler
+        restarts a worker); for SIGKILL, time how long until the trial's retry is enqueued."""
         number = self.wait_for(f"{label} mid-trial", lambda: self.mid_trial(proc))
         proc.send_signal(sig)
         at = time.monotonic()
         self.note(f"{sig.name} {label} in trial {number}")
+        proc.wait(timeout=120)
+        new = self.start(replacement)
         if sig == signal.SIGKILL:
-            self.kills.append((number, at))
-            proc.wait(timeout=60)
-            # time until the retry of that trial is enqueued (the reaper of another worker)
-            retried = self.wait_for(
+            self.wait_for(
                 f"retry of trial {number}",
                 lambda: any(
                     t.system_attrs.get("retry_history", [None])[-1] == number
                     for t in self.study().get_trials()
                 ),
             )
-            if retried:
-                self.kills[-1] = (number, time.monotonic() - at)
-                self.note(f"trial {number} retried {time.monotonic() - at:.1f} s after the kill")
-        else:
-            proc.wait(timeout=120)
+            self.kills.append((number, time.monotonic() - at))
+            self.note(f"trial {number} retried {time.monotonic() - at:.1f} s after the kill")
+        return new
 
     # -- the verdict --
     def measure(self, wall: float) -> dict:
@@ -291,7 +294,7 @@ def main() -> None:
     parser.add_argument("--storages", default="postgresql,redis")
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument(
-        "--epochs", type=int, default=20, help="epochs per trial (a trial must outlast a fault)"
+        "--epochs", type=int, default=40, help="epochs per trial (a trial must outlast a fault)"
     )
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--cut", type=float, default=90.0, help="seconds of the storage cut")
