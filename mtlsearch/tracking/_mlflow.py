@@ -313,6 +313,37 @@ def front_link(study: optuna.Study) -> str | None:
     )
 
 
+def init_sqlite_store(tracking_uri: str) -> None:
+    """Create (or upgrade) a SQLite tracking store's tables once, under a file lock.
+
+    MLflow creates and migrates a SQLite store's schema when a process first opens it, with
+    no lock between processes: workers that start together on a new ``mlflow.db`` run the
+    migrations at once and leave it half-migrated (``table _alembic_tmp_metrics already
+    exists``), after which no process can log. The lock (``<db>.init.lock`` beside it, an
+    ``fcntl`` lock the OS drops with a dead process) makes the first process migrate and the
+    others wait, then find the schema current. Not a SQLite file: nothing to do.
+    """
+    if not tracking_uri.startswith("sqlite"):
+        return
+    from sqlalchemy.engine import make_url
+
+    database = make_url(tracking_uri).database
+    if not database or database == ":memory:":
+        return
+    path = Path(database).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    with open(f"{path}.init.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri).search_experiments(max_results=1)  # creates/migrates
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class MlflowObserver:
     """A :class:`~mtlsearch.search.SearchObserver` that logs a study to MLflow.
 
@@ -470,6 +501,7 @@ class MlflowObserver:
         self._advise(self.tracking_uri)
         # log_model (fluent API) reads the global URI; the client does not.
         mlflow.set_tracking_uri(self.tracking_uri)
+        init_sqlite_store(self.tracking_uri)
         client = _RetryingClient(MlflowClient(self.tracking_uri), self._call)
         self._client = client
         self.experiment_id = self._experiment(client, study.study_name)
