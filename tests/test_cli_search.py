@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 
 from mtlsearch.arch import build_model, count_parameters
 from mtlsearch.cli import join_multi_values
-from mtlsearch.cli._search import ProgressObserver, describe_config
+from mtlsearch.cli._search import ProgressObserver
+from mtlsearch.search import describe_config
 from mtlsearch.train import ExperimentConfig
 
 ROOT = Path(__file__).resolve().parents[1]
