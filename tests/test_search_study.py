@@ -290,3 +290,18 @@ def test_a_trial_lost_before_its_objective_started_is_retried_not_waited_for(tmp
     assert trials[orphan.number].state == TrialState.FAIL
     assert "fail_reason" not in trials[orphan.number].user_attrs  # lost, not a failure of its own
     assert count_finished(ctx.study) == 3
+
+
+def test_a_trial_without_a_ticket_fails_uncounted_and_leaves_the_budget_exact(tmp_path):
+    """Two workers racing for the last ticket: the loser's ``ask`` creates a trial with no
+    ticket. It must fail without a reason of its own, so that it is not counted."""
+    from mtlsearch.search._study import make_objective
+    from mtlsearch.search._worker import TrialRunner
+
+    ctx = create_or_resume("s", _url(tmp_path), _settings(n_trials=1, enqueue_references=False))
+    run_worker(ctx)
+    assert count_finished(ctx.study) == 1
+    surplus = TrialRunner(ctx, make_objective(ctx)).run_one()  # no ticket is waiting
+    assert surplus is not None and surplus.state == TrialState.FAIL
+    assert surplus.user_attrs.get("surplus") is True and "fail_reason" not in surplus.user_attrs
+    assert count_finished(ctx.study) == 1

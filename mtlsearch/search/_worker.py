@@ -265,7 +265,9 @@ class TrialRunner:
         stored = study._storage.get_trial(trial._trial_id)
         if lost or stored.state != TrialState.RUNNING:
             return self._dropped(stored)
-        if error is not None:
+        if error is not None and trial.user_attrs.get("surplus"):
+            logger.debug("trial %d: no ticket left (another worker took the last one)", trial.number)
+        elif error is not None:  # a failure of its own: counted, with its reason and traceback
             reason = trial.user_attrs.get(FAIL_ATTR) or f"{type(error).__name__}: {error}"
             text = "".join(traceback.format_exception(error))
             try:
@@ -274,8 +276,7 @@ class TrialRunner:
                 trial.set_user_attr(TRACEBACK_ATTR, text[-_MAX_TRACEBACK:])
             except UpdateFinishedTrialError:
                 return self._dropped(study._storage.get_trial(trial._trial_id))
-            if not trial.user_attrs.get("surplus"):
-                logger.warning("trial %d failed: %s", trial.number, str(reason).splitlines()[0])
+            logger.warning("trial %d failed: %s", trial.number, str(reason).splitlines()[0])
             logger.debug("trial %d failed:\n%s", trial.number, text)
         try:
             frozen = study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
