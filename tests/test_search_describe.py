@@ -23,6 +23,9 @@ def test_a_two_level_ple_with_a_sparse_top_gate_is_described_level_by_level():
         "L1 2s+1p[16] own+shared+sg | L2 1s+2,0p[32,16] all top2 batchnorm | tower [8] | lr 0.00512"
     )
     assert describe_config(None) == "-"
+    one_count = {"model": {"levels": [{"n_shared": 1, "n_specific": 2}]}, "training": {"lr": 0.01}}
+    assert describe_config(one_count) == "L1 1s+2p[] ? | lr 0.01"  # a count written once for all tasks
+    assert describe_config({"model": {"levels": [{"n_specific": {"a": 1}}]}}) == "-"  # never raises
     assert describe_config({"training": {}}) == "-"
 
 

@@ -149,10 +149,10 @@ def test_a_killed_workers_trial_is_failed_by_a_busy_worker_and_retried_clean(tmp
     name = _create(url, n_trials=3)
     w = Workers(tmp_path, name, url)
     try:
-        victim = w.start()
+        # Both start together, so each takes one of the three tickets (a survivor that starts
+        # late on a loaded machine could find every ticket taken and never be busy).
+        victim, survivor = w.start(), w.start()
         study = lambda: _study(url, name)  # noqa: E731
-        _wait("the victim mid-trial", _mid_trial_of(study, victim.pid), w)
-        survivor = w.start()
         busy = _wait("the survivor mid-trial", _mid_trial_of(study, survivor.pid), w)
         dead = _wait("the victim mid-trial", _mid_trial_of(study, victim.pid), w)
         victim.send_signal(signal.SIGKILL)

@@ -187,7 +187,7 @@ def test_the_parent_holds_hypervolume_history_and_the_front(tracked, client, tmp
         study.trials[r["trial"]].user_attrs[RUN_ID_ATTR] for r in rows
     }
     header = (folder / "front.csv").read_text().splitlines()[0].split(",")
-    assert header[:4] == ["trial", "model", "y1:mse", "params"]
+    assert header[:5] == ["trial", "model", "architecture", "y1:mse", "params"]
     assert (folder / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (folder / "pareto.html").read_text()
     assert page.count('<svg class="pareto"') == 1 and "single_task" in page

@@ -209,7 +209,7 @@ def test_fit_reads_the_environment_limit(monkeypatch, caplog):
     monkeypatch.setenv(MAX_MEMORY_ENV, "1KiB")
     with pytest.raises(
         MemoryLimitExceeded,
-        match=r"more than the limit of 0\.00 GiB \(MTLSEARCH_MAX_MEMORY=1KiB\); largest tensor: ",
+        match=r"more than the limit of 1\.00 KiB \(MTLSEARCH_MAX_MEMORY=1KiB\); largest tensor: ",
     ):
         fit(cfg, data, progress=False)
     monkeypatch.setenv(MAX_MEMORY_ENV, "2GiB")

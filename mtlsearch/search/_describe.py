@@ -12,12 +12,24 @@ def describe_config(config: Any) -> str:
     E.g. ``L1 2s+1p[16] own+shared+sg | L2 2s+1p[16] own+shared | tower [8] | lr 0.005``."""
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         return "-"
+    try:
+        return _describe(config)
+    except (TypeError, ValueError, KeyError, AttributeError):  # a hand-made or older config
+        return "-"
+
+
+def _listed(value: Any) -> list[Any]:
+    """One value or a list of them (a count per task may be written once for all tasks)."""
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _describe(config: dict[str, Any]) -> str:
     model, training = config["model"], config.get("training") or {}
     parts = []
     for i, lv in enumerate(model.get("levels") or []):
-        specific = lv.get("n_specific", [])
+        specific = _listed(lv.get("n_specific", 0))
         spec = ",".join(map(str, specific)) if len(set(specific)) > 1 else str(specific[0] if specific else 0)
-        widths = ",".join(map(str, lv.get("expert_hidden", [])))
+        widths = ",".join(map(str, _listed(lv.get("expert_hidden", []))))
         gate = lv.get("select", "?") + ("+sg" if lv.get("shared_gate") else "")
         if lv.get("gate_kind", "softmax") != "softmax":
             kind = lv["gate_kind"]
