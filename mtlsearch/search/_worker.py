@@ -129,14 +129,25 @@ class Reaper:
     def _run(self) -> None:
         while not self._stop.wait(self.period):
             try:
-                if reap(self.ctx.study) and self.on_change is not None:
-                    self.on_change()
+                with _REAP_LOCK:  # a ticket not re-enqueued is topped up before anyone looks
+                    if reap(self.ctx.study) and self.on_change is not None:
+                        self.on_change()
             except Exception as exc:  # an outage: the next round tries again
                 logger.debug("checking for lost trials failed: %s", exc)
 
 
+#: Held while this process fails a lost trial and re-enqueues it: between the two steps the
+#: study has neither a waiting nor a running trial, which must not end a worker's loop.
+_REAP_LOCK = threading.RLock()
+
+
 def reap(study: optuna.Study) -> int:
     """Fail (for retry) the study's lost trials now; returns how many this worker failed."""
+    with _REAP_LOCK:
+        return _reap(study)
+
+
+def _reap(study: optuna.Study) -> int:
     storage = _direct(study._storage)
     failed = 0
     if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
@@ -344,6 +355,10 @@ def run_worker(
             counts = _state_counts(study)
             if counts.get(TrialState.WAITING, 0) == 0:
                 if counts.get(TrialState.RUNNING, 0) == 0:
+                    with _REAP_LOCK:  # not between failing a lost trial and re-enqueuing it
+                        counts = _state_counts(study)
+                    if counts.get(TrialState.WAITING, 0) or counts.get(TrialState.RUNNING, 0):
+                        continue
                     if count_finished(study) < ctx.settings.n_trials:  # another thread may just have ended it
                         logger.info("no trial left to run; `mtlsearch search --study` tops the budget up")
                     break
