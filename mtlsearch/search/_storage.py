@@ -22,7 +22,6 @@ after that :class:`StorageUnavailable` is raised, which the CLI reports in one l
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import random
@@ -288,12 +287,6 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
         if name == "_inner":  # during unpickling
             raise AttributeError(name)
         return getattr(self._inner, name)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return copy.copy(self.__dict__)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
 
     # BaseHeartbeat: only if the inner storage has one.
     def get_heartbeat_interval(self) -> int | None:
