@@ -48,18 +48,26 @@ def _expect_mapping(value: Any, path: str) -> Mapping[str, Any]:
 
 @dataclass(frozen=True)
 class LossWeightingConfig:
-    """How the per-task losses combine into one (see :mod:`mtlsearch.train._weighting`).
+    """How the per-task losses (or their gradients) combine into one update (see
+    :mod:`mtlsearch.train._weighting` and :mod:`mtlsearch.train._gradient`).
 
-    ``method``: ``fixed`` (constant ``weights``), ``dynamic`` (the PLE paper's
-    ``w_k(t) = weights[k] * gamma[k] ** t``, ``t`` the 0-based epoch) or ``uncertainty``
-    (learned log-variances, Kendall et al. 2018). A task missing from ``weights`` gets 1.0,
-    from ``gamma`` 1.0. Each method declares which of these fields it reads, and naming one
-    it ignores is an error (a silently ignored ``gamma`` is a wrong experiment).
+    ``method``: a registered method (``fixed``, ``dynamic``, ``uncertainty``, ``dwa``,
+    ``pcgrad``, ...; ``LOSS_WEIGHTINGS`` lists them). ``weights``/``gamma``: per-task values
+    for the methods that read them (a task missing gets 1.0). ``options``: the method's own
+    hyper-parameters (DWA's ``temperature``, CAGrad's ``c``, ...), written flat in YAML
+    beside ``method``::
+
+        loss_weighting: {method: dwa, temperature: 2.0}
+
+    Each method declares the fields and options it reads (``accepts``, ``options``); naming
+    one it ignores is an error (a silently ignored ``gamma`` is a wrong experiment). An
+    option left out takes the method's default.
     """
 
     method: str = "fixed"
     weights: dict[str, float] = field(default_factory=dict)
     gamma: dict[str, float] = field(default_factory=dict)
+    options: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from mtlsearch.train._weighting import LOSS_WEIGHTINGS
@@ -70,7 +78,8 @@ class LossWeightingConfig:
                 f"{path}.method",
                 f"unknown method {self.method!r}; expected one of {sorted(LOSS_WEIGHTINGS)}",
             )
-        accepted = LOSS_WEIGHTINGS[self.method].accepts
+        cls = LOSS_WEIGHTINGS[self.method]
+        accepted = cls.accepts
         for name in ("weights", "gamma"):
             values = _expect_mapping(getattr(self, name), f"{path}.{name}")
             if values and name not in accepted:
@@ -82,6 +91,28 @@ class LossWeightingConfig:
                 if name == "gamma" and v <= 0:
                     _fail(f"{path}.gamma.{k}", f"must be > 0, got {v}")
             object.__setattr__(self, name, clean)
+        given = _expect_mapping(self.options, f"{path}.options")
+        options: dict[str, float] = {}
+        for key, raw in given.items():
+            spec = cls.options.get(str(key))
+            if spec is None:
+                known = sorted(cls.options)
+                _fail(
+                    f"{path}.{key}",
+                    f"not an option of method {self.method!r}"
+                    + (f"; its options are {known}" if known else " (it has none)"),
+                )
+            options[str(key)] = spec.check(raw, f"{path}.{key}")
+        object.__setattr__(self, "options", options)
+        cls.check_config(self)
+
+    def option(self, name: str) -> Any:
+        """The value of one of the method's options: the given one, else its default."""
+        from mtlsearch.train._weighting import LOSS_WEIGHTINGS
+
+        if name in self.options:
+            return self.options[name]
+        return LOSS_WEIGHTINGS[self.method].options[name].default
 
     def check_tasks(self, tasks: tuple[str, ...]) -> None:
         """Every task named in ``weights``/``gamma`` must be one of the model's."""
@@ -107,6 +138,7 @@ class LossWeightingConfig:
             out["weights"] = dict(self.weights)
         if self.gamma:
             out["gamma"] = dict(self.gamma)
+        out.update(self.options)
         return out
 
     @classmethod
@@ -115,9 +147,18 @@ class LossWeightingConfig:
         if isinstance(data, str):  # shorthand: `loss_weighting: uncertainty`
             data = {"method": data}
         data = _expect_mapping(data, path)
-        _reject_unknown(data, cls, path)
-        kwargs = {k: v for k, v in data.items() if v is not None}  # `gamma:` left empty
-        return cls(**kwargs)
+        if "options" in data:
+            _fail(f"{path}.options", "write a method's options beside 'method' (e.g. temperature: 2.0)")
+        kwargs: dict[str, Any] = {}
+        options: dict[str, Any] = {}
+        for key, value in data.items():
+            if value is None:  # `gamma:` left empty
+                continue
+            if key in ("method", "weights", "gamma"):
+                kwargs[key] = value
+            else:
+                options[str(key)] = value
+        return cls(**kwargs, options=options)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 Joint loss (PLE paper, eq. 6): task k's loss is the mean of its per-sample losses over the
 samples in its sample space (mask True), ``L_k = sum_i d_k^i loss_k(i) / sum_i d_k^i``;
 masked rows are *selected out* before the loss, so their labels (even NaN) never reach the
-loss or its gradient. The weighting method (a registry, see ``_weighting``) combines the
-``L_k``; the loop never knows which method it runs.
+loss or its gradient. The balancing method (a registry, see ``_weighting`` and
+``_gradient``) turns the ``L_k`` into gradients; the loop never knows which method it runs.
 
 Labels on a large scale: a regression task listed in ``data.label_scaling`` is learned on
 its standardised label ``(y - mean) / std`` (training mean and std), as the features are;
@@ -217,12 +217,11 @@ def _train_epoch(
     for b, batch in enumerate(train.batches(tc.batch_size, shuffle=True, generator=shuffle)):
         outputs = model(batch.numeric, batch.categorical)
         losses, counts = _masked_losses(outputs, batch, tasks, full)
-        total = weighting(losses)
+        optimizer.zero_grad(set_to_none=True)
+        total = weighting.backward(losses, counts)  # the method accumulates .grad
         total_value = total.item()
         if not math.isfinite(total_value):
             raise _diverged(losses, total, epoch + 1, b + 1, tc.loss_weighting.method)  # 1-based, as shown
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
         optimizer.step()
         batch_losses = torch.stack([losses[n].detach() for n in names]).double()
         batch_rows = [counts[n] for n in names]
@@ -350,6 +349,7 @@ def fit(
         torch.manual_seed(tc.seed)  # dropout draws from the global RNG
         model = build_model(config.model, seed=tc.seed).to(device)
         weighting = make_loss_weighting(tc.loss_weighting, tasks).to(device)
+        weighting.attach(model)
         optimizer = _make_optimizer(tc, model, weighting)
         shuffle = torch.Generator().manual_seed(tc.seed)
         scaling = {
@@ -375,6 +375,7 @@ def fit(
                 train_loss, task_losses = _train_epoch(
                     model, weighting, optimizer, train, tasks, full, tc, shuffle, epoch, on_batch
                 )
+                weighting.end_epoch(task_losses)
                 valid = valid_eval.evaluate(model, epoch)
                 skills = valid_eval.skills(valid)
                 score = _monitor_score(tc.monitor, skills, warned, epoch)
