@@ -46,7 +46,7 @@ def test_experiment_yaml_round_trip(tmp_path):
         ({"epochs": 2.5}, "training.epochs"),
         ({"patience": 0}, "training.patience"),
         ({"weight_decay": -0.1}, "training.weight_decay"),
-        ({"loss_weighting": {"method": "gradnorm"}}, f"{LW}.method"),
+        ({"loss_weighting": {"method": "no_such_method"}}, f"{LW}.method"),
         ({"loss_weighting": {"method": "fixed", "gamma": {"a": 0.9}}}, f"{LW}.gamma"),
         ({"loss_weighting": {"method": "fixed", "weights": {"a": -1}}}, f"{LW}.weights.a"),
         ({"loss_weighting": {"method": "dynamic", "gamma": {"a": 0}}}, f"{LW}.gamma.a"),
