@@ -17,7 +17,7 @@ import inspect
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import pandas as pd
 from mtlsearch._errors import UserError
 from mtlsearch.data._download import cache_dir, fetch_verified
 from mtlsearch.data._io import first_line
+from mtlsearch.data._sample import MAX_ROWS, check_max_rows, sample_train
 from mtlsearch.data._spec import DatasetSpec, FeatureSpec, FileSpec, MaskSpec, SplitSpec, TaskDef
 from mtlsearch.data._synthetic import make_synthetic
 from mtlsearch.data._tables import load_from_spec
@@ -193,14 +194,29 @@ def census_files(
 
 
 def census_spec(
-    train: str | Path, test: str | Path, *, group: int = 1, seed: int = 0, min_frequency: int = 5
+    train: str | Path,
+    test: str | Path,
+    *,
+    group: int = 1,
+    seed: int = 0,
+    min_frequency: int = 5,
+    weighted: bool = False,
 ) -> DatasetSpec:
     """The papers' protocol as a spec: train on the train file, split the test file 1:1
     (seeded, stratified) into validation and test. Education and marital status are never
-    inputs (as in the MMoE paper), nor is the survey weight ``instance_weight``."""
+    inputs (as in the MMoE paper), nor is the survey weight ``instance_weight`` (column 24).
+
+    ``weighted``: use ``instance_weight`` as every task's row weight (the loss becomes the
+    weighted mean and metrics are also reported weighted). Off by default: the papers train
+    and report unweighted.
+    """
     if group not in CENSUS_TASK_GROUPS:
         raise UserError(f"census-income: group must be one of {sorted(CENSUS_TASK_GROUPS)}, got {group!r}")
+    if not isinstance(weighted, bool):
+        raise UserError(f"census-income: weighted must be true or false, got {weighted!r}")
     tasks = CENSUS_TASK_GROUPS[group]
+    if weighted:
+        tasks = tuple(replace(t, weight="instance_weight") for t in tasks)
     not_inputs = {"instance_weight", "education", "marital_stat", *(t.label for t in tasks)}
     return DatasetSpec(
         name=f"census-income(group={group})",
@@ -231,11 +247,15 @@ def load_census_income(
     min_frequency: int = 5,
     download: bool = True,
     base_url: str | None = None,
+    weighted: bool = False,
 ) -> MTLDataset:
     """UCI Census-Income (KDD) with the MMoE paper's task groups (1: income + never married;
-    2: education + never married); 199,523 train rows, test file halved into valid/test."""
+    2: education + never married); 199,523 train rows, test file halved into valid/test.
+    ``weighted=True`` (``--option weighted=true``) makes the survey weight every task's row
+    weight (see :func:`census_spec`); the default is unweighted, as in the papers."""
     train, test = census_files(data_dir, download=download, base_url=base_url)
-    ds = load_from_spec(census_spec(train, test, group=group, seed=seed, min_frequency=min_frequency))
+    spec = census_spec(train, test, group=group, seed=seed, min_frequency=min_frequency, weighted=weighted)
+    ds = load_from_spec(spec)
     counts = {"train": len(ds.train), "test": len(ds.valid) + len(ds.test)}
     for (key, path), n in zip({"train": train, "test": test}.items(), counts.values(), strict=True):
         if n != CENSUS_FILES[key].rows:
@@ -413,6 +433,7 @@ def load_dataset(
     *,
     data_dir: str | Path | None = None,
     seed: int = 0,
+    max_rows: int | None = None,
     **options: Any,
 ) -> MTLDataset:
     """One entry point for every layer above: a built-in name or a dataset spec file.
@@ -420,14 +441,28 @@ def load_dataset(
     ``seed`` drives random splits (unless a spec fixes ``split.seed``) and generated data,
     so repeated seeded runs see different, reproducible splits. ``None`` (a CLI option
     left unset) means 0, never an unseeded split.
+
+    ``max_rows`` (every dataset, for quick searches): train on a seeded subsample of at most
+    that many training rows, stratified by the binary tasks and drawn with ``seed``;
+    validation and test keep all their rows (:func:`mtlsearch.data._sample.sample_train`).
+    Not an integer >= 1, or too few rows left for a task: a one-line ``UserError``.
     """
     seed = 0 if seed is None else seed
+    max_rows = check_max_rows(max_rows)
+    ds = _load_source(source, data_dir, seed, options)
+    return ds if max_rows is None else sample_train(ds, max_rows, seed)
+
+
+def _load_source(source: str | Path, data_dir: str | Path | None, seed: int, options: dict) -> MTLDataset:
     if isinstance(source, str) and source in BUILTIN_DATASETS:
         return load_builtin(source, data_dir=data_dir, seed=seed, **options)
     path = Path(source)
     if path.suffix.lower() in (".yaml", ".yml") or path.exists():
         if options:
-            raise UserError(f"{path}: options {sorted(options)} are only for built-in datasets")
+            raise UserError(
+                f"{path}: options {sorted(options)} are only for built-in datasets (every dataset "
+                f"takes {MAX_ROWS})"
+            )
         return load_from_spec(path, seed=seed)
     close = difflib.get_close_matches(str(source), list(BUILTIN_DATASETS), n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""

@@ -12,6 +12,8 @@
   regression task (unless ``standardize: false``) the training rows' label mean and
   standard deviation are fitted here (:attr:`Preprocessor.label_scaling`), and the trainer
   computes its loss on ``(y - mean) / std`` and maps predictions back with them.
+* row weights (a task's ``weight`` column) -> float32, checked on the task's sample space
+  (finite, >= 0); 0 outside it, where they are never read.
 
 The fitted :class:`Preprocessor` is plain data (JSON via ``to_dict``/``save``, never
 pickle), so an exported model can score raw rows. Everything is vectorised per column.
@@ -314,6 +316,33 @@ class TaskEncoder:
         y, present = _LABEL_ENCODERS[task.kind](task, self.classes, col, source)
         return y, present & mask_rows(task.mask, frame, source)
 
+    def row_weights(self, frame: pd.DataFrame, mask: np.ndarray, source: str) -> np.ndarray | None:
+        """The task's row weights, float32 (N,), or None when its spec names no ``weight``.
+
+        Only the rows of the sample space (``mask``) are read: each must hold a finite number
+        >= 0, else a :class:`UserError` naming ``source``, the column and the first bad data
+        row. Rows outside the sample space get 0 (the loss never reads them).
+        """
+        column = self.task.weight
+        if column is None:
+            return None
+        what = f"weight column {column!r} of task {self.task.name!r}"
+        col = frame[column][mask]
+        v = to_numeric(col, source, what)  # non-numeric text and infinities are errors
+        for bad, problem in ((np.isnan(v), "a missing value"), (v < 0, "a negative value")):
+            if bad.any():
+                i = int(np.argmax(bad))
+                shown = "" if problem == "a missing value" else f" ({v[i]:g})"
+                n_bad = int(bad.sum())
+                raise UserError(
+                    f"{source}: {what} has {problem}{shown} in data row {_row(col, i)} "
+                    f"({n_bad} such row{'s' if n_bad > 1 else ''} in the task's sample space); "
+                    "row weights must be finite numbers >= 0"
+                )
+        out = np.zeros(len(frame), dtype=np.float32)
+        out[mask] = v
+        return out
+
 
 # ---- the whole preprocessor --------------------------------------------------------------
 @dataclass(frozen=True)
@@ -407,10 +436,25 @@ class Preprocessor:
             masks[t.task.name] = torch.from_numpy(m)
         return labels, masks
 
+    def transform_weights(
+        self, frame: pd.DataFrame, masks: Mapping[str, Tensor], source: str = "rows"
+    ) -> dict[str, Tensor]:
+        """Row weights of the tasks whose spec names a ``weight`` column (the others weigh
+        every row 1 and are left out); ``masks`` as :meth:`transform_targets` returns them."""
+        out = {}
+        for t in self.tasks:
+            w = t.row_weights(frame, masks[t.task.name].numpy(), source)
+            if w is not None:
+                out[t.task.name] = torch.from_numpy(w)
+        return out
+
     def transform_split(self, frame: pd.DataFrame, source: str = "rows") -> TensorSplit:
         numeric, categorical = self.transform(frame, source)
         labels, masks = self.transform_targets(frame, source)
-        return TensorSplit(numeric=numeric, categorical=categorical, labels=labels, masks=masks)
+        weights = self.transform_weights(frame, masks, source)
+        return TensorSplit(
+            numeric=numeric, categorical=categorical, labels=labels, masks=masks, weights=weights
+        )
 
     # ---- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

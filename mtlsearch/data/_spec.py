@@ -22,6 +22,7 @@ Example::
       - {name: cvr, label: purchase, kind: binary, where: {click: 1}}
       # the same mask in long form: mask: {column: click, values: [1]}
       - {name: basket, label: amount, kind: regression, standardize: true}
+      # row weights (exposure, a survey weight): - {name: ..., label: ..., weight: exposure}
 
 Every split needs rows: with one file, ``split.valid`` and ``split.test`` must be above 0
 (the validation rows pick the epoch, the test rows measure the model); with train and test
@@ -29,6 +30,9 @@ files and no validation file, ``split.valid`` must be above 0. A feature may be 
 once. A regression label is standardised with its training mean and standard deviation
 by default (``standardize: false`` trains on the raw values); the loss is computed on the
 standardised label, and every prediction and metric is reported in the label's own units.
+A task's ``weight`` column holds row weights (finite, >= 0 in its sample space; never a
+feature): the trainer's loss becomes the weighted mean over the task's rows, and
+validation/test report each metric also weighted (``<metric>_weighted``).
 """
 
 from __future__ import annotations
@@ -391,6 +395,12 @@ class TaskDef:
     ``mask`` holds the conditions (AND-ed) that define the task's sample space; in YAML it is
     a column name, a ``{column, values | threshold}`` mapping or a list of them, and
     ``where: {click: 1}`` is shorthand for ``mask: {column: click, values: [1]}``.
+
+    ``weight`` names a column of row weights for this task (a survey weight, an exposure):
+    read as numbers, they must be finite and >= 0 on every row of the task's sample space
+    (rows outside it are never read), with a positive sum in every split. The loss is then
+    ``sum_i w_i loss_i / sum_i w_i`` over the sample space and each validation/test metric
+    is reported twice, plain and ``<metric>_weighted``. The column is never a feature.
     """
 
     name: str
@@ -402,6 +412,7 @@ class TaskDef:
     classes: tuple[Scalar, ...] | None = None
     mask: tuple[MaskSpec, ...] = ()
     standardize: bool | None = None  # None: the kind's default (regression: true)
+    weight: str | None = None  # column of row weights; None: every row weighs 1
 
     def validate(self, path: str) -> None:
         _check(
@@ -456,6 +467,16 @@ class TaskDef:
                 f"{path}.classes",
                 "a multiclass task needs at least 2 classes",
             )
+        _check(
+            self.weight is None or (isinstance(self.weight, str) and self.weight != ""),
+            f"{path}.weight",
+            f"expected a column name, got {self.weight!r}",
+        )
+        _check(
+            self.weight != self.label,
+            f"{path}.weight",
+            f"column {self.weight!r} is the task's label; a weight column holds row weights",
+        )
         for i, m in enumerate(self.mask):
             m.validate(f"{path}.mask[{i}]")
 
@@ -466,8 +487,12 @@ class TaskDef:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """The raw columns this task reads (label, then the mask columns)."""
-        return (self.label, *(m.column for m in self.mask if m.column != self.label))
+        """The raw columns this task reads (label, the mask columns, then the weight column)."""
+        out = [self.label]
+        for c in (*(m.column for m in self.mask), *((self.weight,) if self.weight else ())):
+            if c not in out:
+                out.append(c)
+        return tuple(out)
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> TaskDef:
@@ -537,6 +562,13 @@ class DatasetSpec:
                 + (f"; with one file both parts come from {files.path}" if files.single else ""),
             )
         labels = {t.label: t.name for t in self.tasks}
+        weights = {t.weight: t.name for t in self.tasks if t.weight is not None}
+        for i, t in enumerate(self.tasks):
+            _check(
+                t.weight not in labels,
+                f"tasks[{i}].weight",
+                f"column {t.weight!r} is the label of task {labels.get(t.weight)!r}",
+            )
         for key in ("numeric", "categorical"):
             cols = getattr(self.features, key)
             if cols == AUTO:
@@ -547,10 +579,15 @@ class DatasetSpec:
                     f"features.{key}",
                     f"column {c!r} is the label of task {labels.get(c)!r} and cannot be a feature",
                 )
+                _check(
+                    c not in weights,
+                    f"features.{key}",
+                    f"column {c!r} is the weight column of task {weights.get(c)!r} and cannot be a feature",
+                )
 
     @property
     def label_columns(self) -> tuple[str, ...]:
-        """Label and mask columns: never features."""
+        """Label, mask and weight columns: never features."""
         out: list[str] = []
         for t in self.tasks:
             out.extend(c for c in t.columns if c not in out)

@@ -289,8 +289,9 @@ def check_sample_spaces(
     """Every task needs rows in its sample space in every split, and a label that varies
     there, or its metric is undefined in that split: a binary task needs both classes (AUC),
     a multiclass task two classes (its skill, accuracy over the majority share), a regression
-    task two distinct values (R^2). Each is refused with one line naming the task, the split
-    and the cause. In the validation and test rows, a binary task with fewer than
+    task two distinct values (R^2); a task with row weights needs a positive sum of weights
+    there (its weighted loss and metrics divide by it). Each is refused with one line naming
+    the task, the split and the cause. In the validation and test rows, a binary task with fewer than
     :data:`MIN_AUC_CLASS` examples of a class gets a warning: its AUC there is noise.
     ``encoders`` (by task name) lets messages show class labels instead of codes."""
     hint = "change the split (fractions, seed, stratify)"
@@ -300,6 +301,12 @@ def check_sample_spaces(
         if n == 0:
             raise UserError(
                 f"{source}: task {task.name!r} has no rows in its sample space in the {which} rows"
+            )
+        w = split.weights.get(task.name)
+        if w is not None and not bool((w[m] > 0).any()):
+            raise UserError(
+                f"{source}: weight column {task.weight!r} of task {task.name!r} is 0 on all {n} {which} "
+                "rows of its sample space; a weighted task needs rows of positive weight"
             )
         y = split.labels[task.name][m]
         if task.kind == "binary":

@@ -20,12 +20,17 @@ from mtlsearch.arch import CategoricalFeature, InputSpec, TaskSpec
 class TensorSplit:
     """One split: ``numeric`` float32 (N, n_num), ``categorical`` int64 (N, n_cat),
     ``labels[task]`` float32 (N,) for binary/regression or int64 (N,) for multiclass, and
-    ``masks[task]`` bool (N,), True where the sample is in the task's sample space."""
+    ``masks[task]`` bool (N,), True where the sample is in the task's sample space, and
+    ``weights[task]`` float32 (N,) the row weights of a task whose spec names a ``weight``
+    column (finite and >= 0 in the task's sample space, 0 outside it). A task absent from
+    ``weights`` weighs every row 1; the trainer's loss for task k is then
+    ``sum_i w_i loss_i / sum_i w_i`` over its sample space (see ``mtlsearch.train``)."""
 
     numeric: Tensor
     categorical: Tensor
     labels: dict[str, Tensor]
     masks: dict[str, Tensor]
+    weights: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.numeric.shape[0]
@@ -36,6 +41,7 @@ class TensorSplit:
             categorical=self.categorical[idx],
             labels={k: v[idx] for k, v in self.labels.items()},
             masks={k: v[idx] for k, v in self.masks.items()},
+            weights={k: v[idx] for k, v in self.weights.items()},
         )
 
     def batches(

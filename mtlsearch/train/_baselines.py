@@ -3,8 +3,10 @@
 The single-task reference is one network per task (``preset("single_task")`` on that task
 alone), each selected on its own validation metric, trained with the same optimiser, batch
 size, epochs and seed as the multi-task models, and with the plain (fixed, weight 1) loss
-since weighting between tasks means nothing for one task. Every other model gets the
-training config as given.
+since weighting between tasks means nothing for one task; each keeps its own task's class
+weights (``pos_weight`` / ``class_weights``) and the data's row weights, so it learns the
+same per-task objective as the multi-task models. Every other model gets the training
+config as given.
 
 Gains follow the PLE paper: ``M_mtl - M_single`` on the task's primary metric when higher is
 better, ``M_single - M_mtl`` otherwise, on the mean over seeds. The verdict (better on all
@@ -271,7 +273,7 @@ def run_baselines(
                         ExperimentConfig(
                             model=preset(SINGLE_TASK, inputs, (t,), **sizes),
                             training=replace(
-                                training,
+                                training.for_tasks((t.name,)),
                                 seed=seed,
                                 monitor=t.name,
                                 loss_weighting=LossWeightingConfig(),

@@ -171,6 +171,19 @@ class TrainConfig:
     metrics, see :func:`mtlsearch.train.normalised_score`) or a task name (that task's
     normalised primary metric). ``device``: a torch device string; ``None`` uses torch's
     default device (the CPU unless the caller changed it).
+
+    Class weights inside a task's per-sample loss (see :mod:`mtlsearch.train._tasks`):
+
+    * ``pos_weight``: ``{binary task: p > 0}``, BCE-with-logits' ``pos_weight``: the
+      positive term of the loss is multiplied by ``p`` (``p = n_neg / n_pos`` balances a
+      rare positive class);
+    * ``class_weights``: ``{multiclass task: [c_0, ..., c_{C-1}]}``, one weight >= 0 per
+      class (not all 0), cross-entropy's ``weight``: a row of class ``j`` counts ``c_j``.
+
+    Either way the task's loss stays divided by its number of rows (or total row weight,
+    with a dataset ``weight`` column), not by the sum of class weights. A task left out
+    weighs every class 1. Both are checked against the model's tasks (name, kind, number
+    of classes) when an :class:`ExperimentConfig` is built.
     """
 
     optimizer: str = "adam"
@@ -183,6 +196,8 @@ class TrainConfig:
     loss_weighting: LossWeightingConfig = field(default_factory=LossWeightingConfig)
     seed: int = 0
     device: str | None = None
+    pos_weight: dict[str, float] = field(default_factory=dict)
+    class_weights: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         p = "training"
@@ -210,21 +225,86 @@ class TrainConfig:
             _fail(f"{p}.loss_weighting", "expected a LossWeightingConfig")
         if self.device is not None and not isinstance(self.device, str):
             _fail(f"{p}.device", f"expected a device string such as 'cpu', got {self.device!r}")
+        pos: dict[str, float] = {}
+        for task, raw in _expect_mapping(self.pos_weight, f"{p}.pos_weight").items():
+            value = as_float(raw, f"{p}.pos_weight.{task}")
+            if value <= 0:
+                _fail(f"{p}.pos_weight.{task}", f"must be > 0, got {value}")
+            pos[str(task)] = value
+        object.__setattr__(self, "pos_weight", pos)
+        classes: dict[str, tuple[float, ...]] = {}
+        for task, raw in _expect_mapping(self.class_weights, f"{p}.class_weights").items():
+            where = f"{p}.class_weights.{task}"
+            if isinstance(raw, str | bytes) or not isinstance(raw, list | tuple):
+                _fail(where, f"expected a list of one weight per class, got {raw!r}")
+            values = tuple(as_float(v, f"{where}[{j}]") for j, v in enumerate(raw))
+            for j, v in enumerate(values):
+                if v < 0:
+                    _fail(f"{where}[{j}]", f"must be >= 0, got {v}")
+            if len(values) < 2:
+                _fail(where, f"expected one weight per class (at least 2), got {len(values)}")
+            if not any(values):
+                _fail(where, "all weights are 0; at least one class must count")
+            classes[str(task)] = values
+        object.__setattr__(self, "class_weights", classes)
 
-    def check_tasks(self, tasks: tuple[str, ...]) -> None:
-        """Fields that name tasks must name the model's tasks."""
-        if self.monitor != "mean" and self.monitor not in tasks:
+    def check_tasks(self, tasks: tuple[str, ...] | tuple[TaskSpec, ...]) -> None:
+        """Fields that name tasks must name the model's tasks. Given task specs
+        (not just names), ``pos_weight`` / ``class_weights`` are also checked against each
+        task's kind and number of classes."""
+        specs = {t.name: t for t in tasks if isinstance(t, TaskSpec)}
+        names = tuple(t.name if isinstance(t, TaskSpec) else t for t in tasks)
+        if self.monitor != "mean" and self.monitor not in names:
             _fail(
                 "training.monitor",
-                f"unknown task {self.monitor!r}; expected 'mean' or one of {list(tasks)}",
+                f"unknown task {self.monitor!r}; expected 'mean' or one of {list(names)}",
             )
-        self.loss_weighting.check_tasks(tasks)
+        self.loss_weighting.check_tasks(names)
+        from mtlsearch.train._tasks import TASK_KINDS
+
+        for name in ("pos_weight", "class_weights"):
+            kinds = [k for k, v in TASK_KINDS.items() if v.weight_field == name]
+            for task, value in getattr(self, name).items():
+                where = f"training.{name}.{task}"
+                if task not in names:
+                    _fail(where, f"no such task; the tasks are {list(names)}")
+                spec = specs.get(task)
+                if spec is None:
+                    continue
+                if spec.kind not in kinds:
+                    _fail(where, f"only for {' / '.join(kinds)} tasks; task {task!r} is {spec.kind}")
+                if isinstance(value, tuple) and spec.n_classes is not None and len(value) != spec.n_classes:
+                    _fail(
+                        where,
+                        f"expected one weight per class ({spec.n_classes}), got {len(value)}",
+                    )
+
+    def for_tasks(self, tasks: tuple[str, ...]) -> TrainConfig:
+        """The same config with the per-task class weights restricted to ``tasks`` (the
+        single-task baselines keep their task's entry)."""
+        return replace(
+            self,
+            pos_weight={k: v for k, v in self.pos_weight.items() if k in tasks},
+            class_weights={k: v for k, v in self.class_weights.items() if k in tasks},
+        )
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data for YAML; the class weights only when some are set (a config without
+        them reads as before)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            out[f.name] = value.to_dict() if f.name == "loss_weighting" else value
+            if f.name == "loss_weighting":
+                value = value.to_dict()
+            elif f.name == "pos_weight":
+                if not value:
+                    continue
+                value = dict(value)
+            elif f.name == "class_weights":
+                if not value:
+                    continue
+                value = {k: list(v) for k, v in value.items()}
+            out[f.name] = value
         return out
 
     @classmethod
@@ -235,6 +315,9 @@ class TrainConfig:
         kwargs = dict(data)
         if "loss_weighting" in kwargs:
             kwargs["loss_weighting"] = LossWeightingConfig.from_dict(kwargs["loss_weighting"])
+        for key in ("pos_weight", "class_weights"):
+            if key in kwargs and kwargs[key] is None:  # `pos_weight:` left empty
+                del kwargs[key]
         return cls(**kwargs)
 
 
@@ -246,7 +329,7 @@ class ExperimentConfig:
     training: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        self.training.check_tasks(self.model.task_names)
+        self.training.check_tasks(self.model.tasks)  # names, kinds and classes
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.to_dict(), "training": self.training.to_dict()}

@@ -6,12 +6,20 @@ evaluator is built; each call is then one batched forward pass over the split.
 Metrics are in the labels' own units: a regression task trained on standardised labels
 (``MTLDataset.label_scaling``) has its predictions mapped back (``z * std + mean``) before
 any metric sees them.
+
+Row weights: for a task with row weights in the split (``TensorSplit.weights``), every
+metric is reported twice, the plain one and ``<metric>_weighted`` (scikit-learn's
+``sample_weight``). The skill, and so the monitor that selects the epoch, keeps reading the
+plain primary metric: the validation rows of a weighted and an unweighted run (and of the
+single-task references and the search's objectives) are then judged on the same number.
+Select on a weighted metric by reading ``valid[task]["<metric>_weighted"]`` yourself.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -35,6 +43,7 @@ def split_to(split: TensorSplit, device: torch.device) -> TensorSplit:
         categorical=split.categorical.to(device),
         labels={k: v.to(device) for k, v in split.labels.items()},
         masks={k: v.to(device) for k, v in split.masks.items()},
+        weights={k: v.to(device) for k, v in split.weights.items()},
     )
 
 
@@ -71,7 +80,7 @@ def scale_labels(split: TensorSplit, scaling: Mapping[str, tuple[float, float]])
     for name, (mean, std) in scaling.items():
         if name in labels:
             labels[name] = ((labels[name].double() - mean) / std).to(labels[name].dtype)
-    return TensorSplit(split.numeric, split.categorical, labels, split.masks)
+    return replace(split, labels=labels)
 
 
 class Evaluator:
@@ -93,10 +102,13 @@ class Evaluator:
         self.scaling = dict(label_scaling or {})
         self.rows: dict[str, Tensor] = {}
         self.labels: dict[str, np.ndarray] = {}
+        self.weights: dict[str, np.ndarray] = {}  # row weights of the weighted tasks (float64)
         for t in tasks:
             rows = split.masks[t.name].nonzero(as_tuple=True)[0]
             self.rows[t.name] = rows
             self.labels[t.name] = split.labels[t.name][rows].cpu().numpy()
+            if t.name in split.weights:
+                self.weights[t.name] = split.weights[t.name][rows].double().cpu().numpy()
 
     def predictions(self, model: nn.Module, epoch: int | None = None) -> dict[str, np.ndarray]:
         """Each task's predictions (probabilities / values) on its unmasked rows."""
@@ -113,8 +125,12 @@ class Evaluator:
         return preds
 
     def evaluate(self, model: nn.Module, epoch: int | None = None) -> dict[str, dict[str, float]]:
+        """``{task: {metric: value}}``; a task with row weights also has ``<metric>_weighted``."""
         preds = self.predictions(model, epoch)
-        return {t.name: compute_metrics(t.kind, self.labels[t.name], preds[t.name]) for t in self.tasks}
+        return {
+            t.name: compute_metrics(t.kind, self.labels[t.name], preds[t.name], self.weights.get(t.name))
+            for t in self.tasks
+        }
 
     def skills(self, metrics: dict[str, dict[str, float]]) -> dict[str, float]:
         """Each task's primary metric rescaled to 0 = uninformed, 1 = perfect."""

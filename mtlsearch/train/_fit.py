@@ -6,6 +6,14 @@ masked rows are *selected out* before the loss, so their labels (even NaN) never
 loss or its gradient. The balancing method (a registry, see ``_weighting`` and
 ``_gradient``) turns the ``L_k`` into gradients; the loop never knows which method it runs.
 
+Class and row weights: with row weights ``w`` (the dataset spec's ``weight`` column,
+``TensorSplit.weights``) the mean becomes ``L_k = sum_i w_i loss_k(i) / sum_i w_i`` over the
+sample space, and ``loss_k(i)`` itself carries the task's class weight (``pos_weight`` /
+``class_weights``, :mod:`mtlsearch.train._tasks`): for a binary task
+``-(p y log s + (1 - y) log(1 - s))``, for a multiclass task ``-c[y] log softmax[y]``. The
+denominator is the row weights (or the row count) only, never the class weights. A task
+with neither is computed exactly as before (``loss.mean()``).
+
 Labels on a large scale: a regression task listed in ``data.label_scaling`` is learned on
 its standardised label ``(y - mean) / std`` (training mean and std), as the features are;
 its predictions are mapped back before any metric, so every reported number is in the
@@ -24,6 +32,7 @@ same seed, data and config give bitwise the same metrics.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -173,23 +182,59 @@ def _make_optimizer(tc: TrainConfig, model: nn.Module, weighting: nn.Module) -> 
     return cls(groups, lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
 
 
+def class_weight_tensors(
+    tc: TrainConfig, tasks: tuple[TaskSpec, ...], device: torch.device | None = None
+) -> dict[str, Tensor]:
+    """Each task's class weight as its loss takes it (float32 on ``device``): binary tasks'
+    ``pos_weight`` as a 0-d tensor, multiclass tasks' ``class_weights`` as a (C,) tensor.
+    Tasks without one are left out."""
+    out = {}
+    for t in tasks:
+        field_name = TASK_KINDS[t.kind].weight_field
+        value = getattr(tc, field_name).get(t.name) if field_name else None
+        if value is not None:
+            out[t.name] = torch.tensor(value, dtype=torch.float32, device=device)
+    return out
+
+
 def _masked_losses(
     outputs: dict[str, Tensor],
     batch: TensorSplit,
     tasks: tuple[TaskSpec, ...],
     full: dict[str, bool],
+    class_weights: dict[str, Tensor] | None = None,
+    totals: dict[str, Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, int]]:
-    """Each task's mean loss over its unmasked rows of the batch, and how many there were."""
+    """Each task's mean loss over its unmasked rows of the batch, and how many rows count.
+
+    ``class_weights`` (from :func:`class_weight_tensors`) go into the per-sample loss. A task
+    with row weights in ``batch.weights`` gets ``sum_i w_i loss_i / sum_i w_i``; its count
+    is the number of its rows with ``w_i > 0``, and its total weight ``sum_i w_i`` is put in
+    ``totals`` (when given; float64, detached). Unweighted tasks count their rows and are
+    left out of ``totals``. A task with no row (or no row of positive weight) in the batch
+    gets a zero loss with a graph, so backward works, and count 0.
+    """
+    class_weights = class_weights or {}
     losses, counts = {}, {}
     for t in tasks:
         out, y = outputs[t.name], batch.labels[t.name]
+        w = batch.weights.get(t.name)
         if not full[t.name]:  # select the task's rows: masked labels never enter the loss
             rows = batch.masks[t.name].nonzero(as_tuple=True)[0]
             out, y = out[rows], y[rows]
-        n = y.shape[0]
+            w = None if w is None else w[rows]
+        loss, weight = TASK_KINDS[t.kind].loss, class_weights.get(t.name)
+        if w is None:
+            n = y.shape[0]
+            counts[t.name] = n
+            losses[t.name] = loss(out, y, weight).mean() if n else outputs[t.name].sum() * 0.0
+            continue
+        n = int(torch.count_nonzero(w))
         counts[t.name] = n
-        # A batch with no row of this task contributes zero (with a graph, so backward works).
-        losses[t.name] = TASK_KINDS[t.kind].loss(out, y).mean() if n else outputs[t.name].sum() * 0.0
+        total = w.sum()
+        if totals is not None:
+            totals[t.name] = total.detach().double()
+        losses[t.name] = (w * loss(out, y, weight)).sum() / total if n else outputs[t.name].sum() * 0.0
     return losses, counts
 
 
@@ -204,35 +249,55 @@ def _train_epoch(
     shuffle: torch.Generator,
     epoch: int,
     on_batch: Callable[[float], None],
+    class_weights: dict[str, Tensor] | None = None,
 ) -> tuple[float, dict[str, float]]:
     """One pass over the training split; returns the mean weighted loss per row and each
-    task's mean loss per unmasked row."""
+    task's mean loss per unmasked row (per unit of row weight for a row-weighted task)."""
     model.train()
     names = [t.name for t in tasks]
     # per-task sums stay on the device (one sync per epoch); the total is read every batch
     # anyway, to stop at the first non-finite loss
     loss_sum = torch.zeros(len(names), dtype=torch.float64, device=train.numeric.device)
-    loss_rows = [0] * len(names)
+    loss_rows = torch.zeros_like(loss_sum)  # rows per task, or total row weight
+    weighted = [k for k, n in enumerate(names) if n in train.weights]
     total_sum, rows = 0.0, 0
     for b, batch in enumerate(train.batches(tc.batch_size, shuffle=True, generator=shuffle)):
         outputs = model(batch.numeric, batch.categorical)
-        losses, counts = _masked_losses(outputs, batch, tasks, full)
+        totals: dict[str, Tensor] = {}
+        losses, counts = _masked_losses(outputs, batch, tasks, full, class_weights, totals)
         optimizer.zero_grad(set_to_none=True)
         total = weighting.backward(losses, counts)  # the method accumulates .grad
         total_value = total.item()
         if not math.isfinite(total_value):
             raise _diverged(losses, total, epoch + 1, b + 1, tc.loss_weighting.method)  # 1-based, as shown
         optimizer.step()
+        weighting.after_step(functools.partial(_recompute_losses, model, batch, tasks, full, class_weights))
         batch_losses = torch.stack([losses[n].detach() for n in names]).double()
-        batch_rows = [counts[n] for n in names]
-        loss_sum += batch_losses * loss_sum.new_tensor(batch_rows)
-        loss_rows = [r + c for r, c in zip(loss_rows, batch_rows, strict=True)]
+        batch_rows = loss_sum.new_tensor([counts[n] for n in names])
+        if weighted:  # a row-weighted task's batch loss stands for its total row weight
+            batch_rows[weighted] = torch.stack([totals[names[k]] for k in weighted])
+        loss_sum += batch_losses * batch_rows
+        loss_rows += batch_rows
         total_sum += total_value * len(batch)
         rows += len(batch)
         on_batch(total_sum / rows)
-    sums = loss_sum.tolist()
-    task_losses = {n: sums[k] / loss_rows[k] if loss_rows[k] else math.nan for k, n in enumerate(names)}
+    sums, denominators = loss_sum.tolist(), loss_rows.tolist()
+    task_losses = {n: sums[k] / denominators[k] if denominators[k] else math.nan for k, n in enumerate(names)}
     return total_sum / max(rows, 1), task_losses
+
+
+def _recompute_losses(
+    model: nn.Module,
+    batch: TensorSplit,
+    tasks: tuple[TaskSpec, ...],
+    full: dict[str, bool],
+    class_weights: dict[str, Tensor] | None,
+) -> dict[str, Tensor]:
+    """The batch's per-task losses with the network as it is now, without a graph (for
+    methods that compare the losses before and after a step, e.g. FAMO)."""
+    with torch.no_grad():
+        outputs = model(batch.numeric, batch.categorical)
+        return _masked_losses(outputs, batch, tasks, full, class_weights)[0]
 
 
 def _diverged(
@@ -302,7 +367,13 @@ def _monitor_score(monitor: str, skills: dict[str, float], warned: set[str], epo
 
 
 def _split_bytes(split: TensorSplit) -> int:
-    tensors = [split.numeric, split.categorical, *split.labels.values(), *split.masks.values()]
+    tensors = [
+        split.numeric,
+        split.categorical,
+        *split.labels.values(),
+        *split.masks.values(),
+        *split.weights.values(),
+    ]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -313,8 +384,13 @@ def fit(
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
     max_memory: int | str | None = None,
+    epoch_rows: Callable[[int], Tensor | None] | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on ``data`` as ``config.training`` says.
+
+    ``epoch_rows(epoch)`` (0-based epoch), if given, returns the int64 indices into
+    ``data.train`` of the rows that epoch trains on, or None for all of them (the search's
+    data-fraction fidelity trains its first epochs on a subsample this way).
 
     After each epoch's validation every callback gets the :class:`EpochReport`; an exception
     a callback raises (the search's pruning signal, say) propagates out of ``fit``.
@@ -358,6 +434,7 @@ def fit(
             if t.kind == "regression" and t.name in data.label_scaling
         }
         train = scale_labels(split_to(data.train, device), scaling)  # the loss reads these
+        class_weights = class_weight_tensors(tc, tasks, device)
         full = {t.name: bool(train.masks[t.name].all()) for t in tasks}
         valid_eval = Evaluator(split_to(data.valid, device), tasks, scaling)
         warned: set[str] = set()
@@ -367,14 +444,18 @@ def fit(
                 t0 = time.perf_counter()
                 weighting.start_epoch(epoch)
                 weights_now = weighting.current_weights()
-                bar_id = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=n_batches, info="")
+                rows = epoch_rows(epoch) if epoch_rows is not None else None
+                epoch_train = train if rows is None else train.take(rows.to(train.numeric.device))
+                epoch_batches = n_batches if rows is None else math.ceil(len(epoch_train) / tc.batch_size)
+                bar_id = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=epoch_batches, info="")
 
                 def on_batch(loss: float, bar_id: Any = bar_id) -> None:
                     bar.update(bar_id, advance=1, info=f"loss {loss:.4f}")
 
                 train_loss, task_losses = _train_epoch(
-                    model, weighting, optimizer, train, tasks, full, tc, shuffle, epoch, on_batch
-                )
+                    model, weighting, optimizer, epoch_train, tasks, full, tc, shuffle, epoch, on_batch,
+                    class_weights,
+                )  # fmt: skip
                 weighting.end_epoch(task_losses)
                 valid = valid_eval.evaluate(model, epoch)
                 skills = valid_eval.skills(valid)

@@ -14,6 +14,21 @@ so the ``mean`` monitor averages skills, not raw metrics:
 
 Each is an increasing function of the primary metric, so a monitor on one task selects the
 same epoch whether it reads the metric or its skill.
+
+Class weights (``TrainConfig.pos_weight`` / ``class_weights``; the field a kind reads is its
+``weight_field``) enter the per-sample loss as torch defines them:
+
+* binary: ``F.binary_cross_entropy_with_logits(pos_weight=p)``, i.e.
+  ``-(p * y * log sigmoid(z) + (1 - y) * log(1 - sigmoid(z)))``: ``p`` multiplies the
+  positive term only;
+* multiclass: ``F.cross_entropy(weight=c, reduction="none")``, i.e. ``-c[y] * log softmax(z)[y]``.
+
+The trainer divides the sum of these per-sample losses by the number (or, with row weights,
+the total weight) of rows, never by the sum of class weights: unlike torch's ``"mean"``
+reduction with ``weight=``, a class weight scales that class's share of the loss.
+
+Metrics take an optional ``sample_weight`` (scikit-learn's): with row weights the
+evaluator reports every metric twice, plain and ``<metric>_weighted``.
 """
 
 from __future__ import annotations
@@ -36,33 +51,36 @@ from sklearn.metrics import (
 from torch import Tensor
 from torch.nn import functional as F
 
-Metric = Callable[[np.ndarray, np.ndarray], float]
+#: (labels, predictions, sample_weight or None) -> value
+Metric = Callable[..., float]
+Weights = np.ndarray | None
 
 
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    if np.unique(y).size < 2:  # undefined with one class; say so instead of crashing
+def _auc(y: np.ndarray, p: np.ndarray, sample_weight: Weights = None) -> float:
+    present = y if sample_weight is None else y[sample_weight > 0]
+    if np.unique(present).size < 2:  # undefined with one class; say so instead of crashing
         return math.nan
-    return float(roc_auc_score(y, p))
+    return float(roc_auc_score(y, p, sample_weight=sample_weight))
 
 
-def _binary_logloss(y: np.ndarray, p: np.ndarray) -> float:
-    return float(log_loss(y, p, labels=[0, 1]))
+def _binary_logloss(y: np.ndarray, p: np.ndarray, sample_weight: Weights = None) -> float:
+    return float(log_loss(y, p, labels=[0, 1], sample_weight=sample_weight))
 
 
-def _multiclass_logloss(y: np.ndarray, p: np.ndarray) -> float:
-    return float(log_loss(y, p, labels=np.arange(p.shape[1])))
+def _multiclass_logloss(y: np.ndarray, p: np.ndarray, sample_weight: Weights = None) -> float:
+    return float(log_loss(y, p, labels=np.arange(p.shape[1]), sample_weight=sample_weight))
 
 
-def _accuracy(y: np.ndarray, p: np.ndarray) -> float:
-    return float(accuracy_score(y, p.argmax(axis=1)))
+def _accuracy(y: np.ndarray, p: np.ndarray, sample_weight: Weights = None) -> float:
+    return float(accuracy_score(y, p.argmax(axis=1), sample_weight=sample_weight))
 
 
-def _mse(y: np.ndarray, p: np.ndarray) -> float:
-    return float(mean_squared_error(y, p))
+def _mse(y: np.ndarray, p: np.ndarray, sample_weight: Weights = None) -> float:
+    return float(mean_squared_error(y, p, sample_weight=sample_weight))
 
 
-def _mae(y: np.ndarray, p: np.ndarray) -> float:
-    return float(mean_absolute_error(y, p))
+def _mae(y: np.ndarray, p: np.ndarray, sample_weight: Weights = None) -> float:
+    return float(mean_absolute_error(y, p, sample_weight=sample_weight))
 
 
 def _binary_skill(metrics: dict[str, float], y: np.ndarray) -> float:
@@ -79,16 +97,16 @@ def _multiclass_skill(metrics: dict[str, float], y: np.ndarray) -> float:
     return (metrics["accuracy"] - major) / (1.0 - major) if major < 1 else math.nan
 
 
-def _bce(out: Tensor, y: Tensor) -> Tensor:
-    return F.binary_cross_entropy_with_logits(out, y, reduction="none")
+def _bce(out: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
+    return F.binary_cross_entropy_with_logits(out, y, reduction="none", pos_weight=weight)
 
 
-def _squared(out: Tensor, y: Tensor) -> Tensor:
+def _squared(out: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
     return F.mse_loss(out, y, reduction="none")
 
 
-def _cross_entropy(out: Tensor, y: Tensor) -> Tensor:
-    return F.cross_entropy(out, y, reduction="none")
+def _cross_entropy(out: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
+    return F.cross_entropy(out, y, weight=weight, reduction="none")
 
 
 def _softmax64(out: Tensor) -> Tensor:
@@ -111,13 +129,16 @@ def _class_columns(name: str, pred: np.ndarray, classes: Sequence[str] | None) -
 
 @dataclass(frozen=True)
 class TaskKind:
-    loss: Callable[[Tensor, Tensor], Tensor]  # (raw output, label) -> per-sample loss
+    # (raw output, label, class weight or None) -> per-sample loss; the class weight is the
+    # value of ``weight_field`` for the task, as a tensor (binary: 0-d; multiclass: (C,))
+    loss: Callable[[Tensor, Tensor, Tensor | None], Tensor]
     predict: Callable[[Tensor], Tensor]  # raw output -> probability / value / class probs
     metrics: dict[str, Metric]
     primary: tuple[str, str]  # (metric, "maximize" | "minimize")
     skill: Callable[[dict[str, float], np.ndarray], float]
     # (task name, prediction, class labels or None) -> output columns
     columns: Callable[[str, np.ndarray, Sequence[str] | None], dict[str, np.ndarray]]
+    weight_field: str | None = None  # the TrainConfig field holding this kind's class weights
 
 
 TASK_KINDS: dict[str, TaskKind] = {
@@ -128,6 +149,7 @@ TASK_KINDS: dict[str, TaskKind] = {
         primary=("auc", "maximize"),
         skill=_binary_skill,
         columns=_one_column,
+        weight_field="pos_weight",
     ),
     "regression": TaskKind(
         loss=_squared,
@@ -144,6 +166,7 @@ TASK_KINDS: dict[str, TaskKind] = {
         primary=("accuracy", "maximize"),
         skill=_multiclass_skill,
         columns=_class_columns,
+        weight_field="class_weights",
     ),
 }
 
@@ -151,11 +174,25 @@ TASK_KINDS: dict[str, TaskKind] = {
 PRIMARY_METRICS: dict[str, tuple[str, str]] = {k: v.primary for k, v in TASK_KINDS.items()}
 
 
-def compute_metrics(kind: str, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """Every metric of a task kind on one task's (already unmasked) labels and predictions."""
+#: Suffix of a metric computed with the rows' weights (scikit-learn's ``sample_weight``).
+WEIGHTED = "_weighted"
+
+
+def compute_metrics(
+    kind: str, y: np.ndarray, pred: np.ndarray, sample_weight: np.ndarray | None = None
+) -> dict[str, float]:
+    """Every metric of a task kind on one task's (already unmasked) labels and predictions.
+
+    With ``sample_weight`` (the task's row weights, shape (N,), >= 0) each metric comes
+    twice: the plain one and ``<metric>_weighted`` (e.g. ``auc`` and ``auc_weighted``).
+    """
+    metrics = TASK_KINDS[kind].metrics
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        return {name: fn(y, pred) for name, fn in TASK_KINDS[kind].metrics.items()}
+        out = {name: fn(y, pred) for name, fn in metrics.items()}
+        if sample_weight is not None:
+            out.update({name + WEIGHTED: fn(y, pred, sample_weight) for name, fn in metrics.items()})
+        return out
 
 
 def mtl_gain(kind: str, mtl: float, single: float) -> float:
