@@ -167,8 +167,8 @@ def test_bad_objectives_and_set_paths_are_one_line_and_write_nothing(tmp_path, m
         (("--objectives", "income"), "error: --objectives: unknown task 'income'; tasks are ['y1', 'y2'] "
          "(or cost objectives ['latency', 'params'])"),
         (("--set", "training.epoch=2"), "error: --set training.epoch: unknown key 'epoch' in training; "
-         "expected one of ['batch_size', 'epochs', 'loss_weighting', 'lr', 'monitor', 'optimizer', "
-         "'patience', 'seed', 'weight_decay']"),
+         "expected one of ['batch_size', 'class_weights', 'epochs', 'loss_weighting', 'lr', 'monitor', "
+         "'optimizer', 'patience', 'pos_weight', 'seed', 'weight_decay']"),
         (("--set", "tower.hidden.x=2"), "error: --set tower.hidden.x: tower.hidden takes a value, not keys; "
          "write --set tower.hidden=VALUE"),
         (("--references", "some"), "error: --references 'some': expected a count, all or none"),

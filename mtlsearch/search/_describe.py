@@ -8,8 +8,11 @@ from typing import Any
 def describe_config(config: Any) -> str:
     """A short architecture summary from a trial's ``config`` user attr (an ExperimentConfig
     as a dict): per level ``<shared>s+<specific>p[<widths>] <select>`` plus ``+sg`` for a
-    shared gate and the gate kind/sharing/input when not the default; then the towers and lr.
-    E.g. ``L1 2s+1p[16] own+shared+sg | L2 2s+1p[16] own+shared | tower [8] | lr 0.005``."""
+    shared gate and the gate kind/sharing/input when not the default; then the towers, lr, and
+    the task balancing when not the plain sum (``fixed`` without weights): the method with
+    its options, per-task weights/gamma and ``pos_weight``. E.g.
+    ``L1 2s+1p[16] own+shared+sg | L2 2s+1p[16] own+shared | tower [8] | lr 0.005 | dwa(temperature=2)``.
+    """
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         return "-"
     try:
@@ -48,4 +51,33 @@ def _describe(config: dict[str, Any]) -> str:
         parts.append(f"tower [{','.join(map(str, towers[0].get('hidden', [])))}]")
     if "lr" in training:
         parts.append(f"lr {training['lr']:.3g}")
+    balancing = _describe_balancing(training)
+    if balancing:
+        parts.append(balancing)
     return " | ".join(parts) or "-"
+
+
+def _number(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _describe_balancing(training: dict[str, Any]) -> str:
+    """``method(option=value, ..., weights.task=value)`` and ``pos_weight(task=value)``;
+    empty for the plain sum. ``loss_weighting`` is a method name or the config's mapping."""
+    lw = training.get("loss_weighting") or {}
+    if isinstance(lw, str):
+        lw = {"method": lw}
+    method = lw.get("method", "fixed")
+    items = []
+    for key, value in lw.items():
+        if key == "method":
+            continue
+        if isinstance(value, dict):  # weights / gamma: one value per task
+            items += [f"{key}.{task}={_number(v)}" for task, v in value.items()]
+        else:
+            items.append(f"{key}={_number(value)}")
+    parts = [] if method == "fixed" and not items else [f"{method}({', '.join(items)})" if items else method]
+    pos = training.get("pos_weight") or {}
+    if isinstance(pos, dict) and pos:
+        parts.append(f"pos_weight({', '.join(f'{t}={_number(v)}' for t, v in pos.items())})")
+    return " ".join(parts)

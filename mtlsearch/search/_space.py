@@ -8,10 +8,25 @@ Value grammar, for any leaf: a literal (a constant), or a one-key mapping
 ``{int: [lo, hi]}`` (optional ``step``, ``log``), ``{float: [lo, hi]}`` (optional ``log``),
 ``{choice: [a, b, ...]}`` (choices may be lists, e.g. widths).
 
+Task balancing (``training.loss_weighting``) is a leaf like any other (``fixed``, or
+``{choice: [fixed, uncertainty]}``: Optuna parameter ``training.loss_weighting``), or a
+mapping with a ``method`` leaf and one block of leaves per method, holding that method's
+options (declared by the method class in ``LOSS_WEIGHTINGS``) and, for the methods that read
+them, per-task ``weights``/``gamma``::
+
+    loss_weighting:
+      method: {choice: [fixed, dwa, cagrad]}     # parameter training.loss_weighting.method
+      dwa: {temperature: {float: [1.0, 4.0]}}    # training.loss_weighting.dwa.temperature
+      cagrad: {c: {float: [0.1, 0.9]}}
+
+Per-task mappings of leaves (``training.pos_weight: {task: leaf}``, ``class_weights``, when
+the trainer has those fields) are named ``training.pos_weight.<task>``.
+
 Encodings: ``conditional`` samples a level's parameters only if the level exists (TPE handles
-that well); ``fixed`` samples every level up to the maximum in every trial and uses the first
-``levels`` of them, so each trial has the same parameters. NSGA-II needs ``fixed``: it samples
-parameters outside the intersection of all trials' spaces at random, which would cut
+that well), and a method's options only in trials that draw that method; ``fixed`` samples
+every level up to the maximum and every listed method's options in every trial and uses
+those the trial needs, so each trial has the same parameters. NSGA-II needs ``fixed``: it
+samples parameters outside the intersection of all trials' spaces at random, which would cut
 conditional parameters out of its crossover.
 """
 
@@ -220,6 +235,182 @@ def _parse_param(raw: Any, where: str) -> Param:
     return IntRange(int(low), int(high), step, log)
 
 
+def _listed(value: Any) -> Any:
+    """A leaf's value as the trainer's config reads it (tuples from constants as lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
+class TaskMap(Param):
+    """A per-task mapping of leaves, ``{task: leaf}`` (e.g. ``pos_weight: {income: {float:
+    [1, 20]}}``); each task's leaf is the Optuna parameter ``<name>.<task>``. Task names are
+    checked against the dataset's tasks when a trial's config is built."""
+
+    items: tuple[tuple[str, Param], ...]
+
+    def suggest(self, trial: Any, name: str) -> dict[str, Any]:
+        return {task: _listed(p.suggest(trial, f"{name}.{task}")) for task, p in self.items}
+
+    def leaves(self, name: str) -> dict[str, Param]:
+        return {f"{name}.{task}": p for task, p in self.items}
+
+    def values(self) -> list[Any]:
+        """One single-task mapping per value a task's leaf can take (each checked alone)."""
+        return [{task: _listed(v)} for task, p in self.items for v in p.values()]
+
+    def default(self) -> dict[str, Any]:
+        return {task: _listed(p.default()) for task, p in self.items}
+
+
+def _parse_task_map(raw: Any, where: str) -> TaskMap:
+    if raw is None:  # `pos_weight:` left empty
+        return TaskMap(())
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{where}: expected a mapping of task names to values or ranges, got {brief(raw)}")
+    items = []
+    for task, leaf in raw.items():
+        if not isinstance(task, str) or not task:
+            raise UserError(f"{where}: task names must be strings, got {brief(task)}")
+        items.append((task, _parse_param(leaf, f"{where}.{task}")))
+    return TaskMap(tuple(items))
+
+
+#: The LossWeightingConfig fields holding per-task values, searchable in a method's block.
+_PER_TASK_WEIGHTING_FIELDS = ("weights", "gamma")
+
+
+@dataclass(frozen=True)
+class LossWeightingSpace(Param):
+    """``training.loss_weighting`` as ``{method: leaf, <method>: {option: leaf, ...}, ...}``.
+
+    Parameters: ``<name>.method`` for the method and ``<name>.<method>.<option>`` for its
+    options (``<name>.<method>.weights.<task>`` for per-task weights). ``suggest`` returns
+    the mapping :meth:`LossWeightingConfig.from_dict` reads: ``{"method": m, **options}``.
+    """
+
+    method: Param
+    blocks: tuple[tuple[str, tuple[tuple[str, Param], ...]], ...]
+
+    def suggest(self, trial: Any, name: str, encoding: str = "conditional") -> dict[str, Any]:
+        method = self.method.suggest(trial, f"{name}.method")
+        out: dict[str, Any] = {"method": method}
+        for m, block in self.blocks:
+            if m != method and encoding != "fixed":
+                continue  # fixed: every trial samples every block, only the drawn one is used
+            values = {key: p.suggest(trial, f"{name}.{m}.{key}") for key, p in block}
+            if m == method:
+                out.update({k: _listed(v) for k, v in values.items()})
+        return out
+
+    def leaves(self, name: str) -> dict[str, Param]:
+        out: dict[str, Param] = {f"{name}.method": self.method}
+        for m, block in self.blocks:
+            for key, p in block:
+                path = f"{name}.{m}.{key}"
+                out.update(p.leaves(path) if isinstance(p, TaskMap) else {path: p})
+        return out
+
+    def values(self) -> list[Any]:
+        return [self._config(m, {}) for m in self.method.values()]
+
+    def default(self) -> dict[str, Any]:
+        method = self.method.default()
+        return self._config(method, {k: p.default() for k, p in dict(self.blocks).get(method, ())})
+
+    @staticmethod
+    def _config(method: Any, values: Mapping[str, Any]) -> dict[str, Any]:
+        return {"method": method, **{k: _listed(v) for k, v in values.items()}}
+
+    def check(self, src: str, path: str) -> None:
+        """Every method the space can draw is registered and builds with every end of its
+        options' ranges (an optional extra it needs, too); raises one-line UserErrors."""
+        from mtlsearch.train import LOSS_WEIGHTINGS, LossWeightingConfig
+
+        methods = self.method.values()
+        for m in methods:
+            if not isinstance(m, str) or m not in LOSS_WEIGHTINGS:
+                raise UserError(
+                    f"{src}: {path}.method: unknown method {brief(m)}; "
+                    f"expected one of {sorted(LOSS_WEIGHTINGS)}"
+                )
+        blocks = dict(self.blocks)
+        for m, block in self.blocks:
+            if m not in methods:
+                raise UserError(
+                    f"{src}: {path}.{m}: options for method {m!r}, which {path}.method never takes "
+                    f"(its values are {brief(methods)})"
+                )
+            cls = LOSS_WEIGHTINGS[m]
+            for key, p in block:
+                where = f"{path}.{m}.{key}"
+                if key in _PER_TASK_WEIGHTING_FIELDS:
+                    if key not in cls.accepts:
+                        raise UserError(f"{src}: {where}: not used by method {m!r}")
+                    continue  # values checked with the whole config below
+                spec = cls.options.get(key)
+                if spec is None:
+                    known = sorted(cls.options) + sorted(set(cls.accepts) & set(_PER_TASK_WEIGHTING_FIELDS))
+                    raise UserError(
+                        f"{src}: {where}: not an option of method {m!r}"
+                        + (f"; its options are {known}" if known else " (it has none)")
+                    )
+                for v in p.values():
+                    spec.check(v, f"{src}: {where}")
+        for m in methods:
+            block = blocks.get(m, ())
+            trials = [{}] + [{key: v} for key, p in block for v in p.values()]
+            for values in trials:
+                try:
+                    LossWeightingConfig.from_dict(self._config(m, values))
+                except (UserError, ValueError, TypeError) as exc:
+                    msg = str(exc)
+                    if msg.startswith(f"{path}.") and not msg.startswith(f"{path}.method"):
+                        msg = f"{path}.{m}.{msg[len(path) + 1 :]}"  # the block's path
+                    raise UserError(_clip(f"{src}: {msg}")) from None
+
+
+def _parse_loss_weighting(raw: Any, where: str) -> Param:
+    """``training.loss_weighting``: a leaf (the old form, kept: its parameter is
+    ``training.loss_weighting``), or ``{method: leaf, <method>: {option: leaf}}``."""
+    leaf_form = any(k in raw for k in ("int", "float", "choice")) if isinstance(raw, Mapping) else True
+    if leaf_form and not (isinstance(raw, Mapping) and "method" in raw):
+        return _parse_param(raw, where)
+    if "method" not in raw:
+        raise UserError(
+            f"{where}.method: missing; write method: NAME or method: {{choice: [NAME, ...]}}, and each "
+            "method's options in a block named after it"
+        )
+    from mtlsearch.train import LOSS_WEIGHTINGS
+
+    method = _parse_param(raw["method"], f"{where}.method")
+    blocks = []
+    for m, block in raw.items():
+        if m == "method":
+            continue
+        if not isinstance(m, str) or m not in LOSS_WEIGHTINGS:
+            owners = sorted(n for n, cls in LOSS_WEIGHTINGS.items() if m in cls.options)
+            hint = (
+                f"; write a method's options in a block named after it, e.g. {owners[0]}: {{{m}: ...}}"
+                if owners
+                else f"; expected 'method' or a block of options named after a method "
+                f"{sorted(LOSS_WEIGHTINGS)}"
+            )
+            raise UserError(f"{where}.{m}: unknown key{hint}")
+        if block is None:
+            block = {}
+        if not isinstance(block, Mapping):
+            raise UserError(f"{where}.{m}: expected a mapping of method {m!r}'s options, got {brief(block)}")
+        leaves = []
+        for key, leaf in block.items():
+            path = f"{where}.{m}.{key}"
+            if key in _PER_TASK_WEIGHTING_FIELDS:
+                leaves.append((str(key), _parse_task_map(leaf, path)))
+            else:
+                leaves.append((str(key), _parse_param(leaf, path)))
+        blocks.append((m, tuple(leaves)))
+    return LossWeightingSpace(method, tuple(blocks))
+
+
 # ---- the space ------------------------------------------------------------------------------
 
 #: Most levels a space may ask for: a static check and every trial walk every level, and
@@ -254,6 +445,29 @@ _TRAINING_KEYS = {
     "loss_weighting",
     "seed",
 }
+#: TrainConfig fields holding one value per task (a space gives a leaf per task); searchable
+#: when the trainer has them.
+_TASK_MAP_KEYS = ("pos_weight", "class_weights")
+
+
+def _training_keys() -> set[str]:
+    """The ``training:`` keys a space may set: the fixed ones, and the per-task fields the
+    installed TrainConfig has."""
+    from dataclasses import fields
+
+    from mtlsearch.train import TrainConfig
+
+    return _TRAINING_KEYS | ({f.name for f in fields(TrainConfig)} & set(_TASK_MAP_KEYS))
+
+
+def _parse_training(key: str, raw: Any, where: str) -> Param:
+    if key == "loss_weighting":
+        return _parse_loss_weighting(raw, where)
+    if key in _TASK_MAP_KEYS:
+        return _parse_task_map(raw, where)
+    return _parse_param(raw, where)
+
+
 _TOP_KEYS = {
     "name",
     "description",
@@ -346,7 +560,7 @@ class SearchSpace:
             return f"{source}: {key}"
 
         _unknown(data, _TOP_KEYS, where(""))
-        for section, keys in (("level", _LEVEL_KEYS), ("tower", _TOWER_KEYS), ("training", _TRAINING_KEYS)):
+        for section, keys in (("level", _LEVEL_KEYS), ("tower", _TOWER_KEYS), ("training", _training_keys())):
             if section in data and not isinstance(data[section], Mapping):
                 raise UserError(f"{where(section)}: expected a mapping")
             _unknown(data.get(section, {}), keys, where(f"{section}."))
@@ -358,7 +572,9 @@ class SearchSpace:
             k: _parse_param(data.get("tower", {}).get(k, v), where(f"tower.{k}"))
             for k, v in _TOWER_DEFAULTS.items()
         }
-        training = {k: _parse_param(v, where(f"training.{k}")) for k, v in data.get("training", {}).items()}
+        training = {
+            k: _parse_training(k, v, where(f"training.{k}")) for k, v in data.get("training", {}).items()
+        }
         ref = data.get("reference", {}) or {}
         if not isinstance(ref, Mapping):
             raise UserError(f"{where('reference')}: expected a mapping")
@@ -452,6 +668,9 @@ class SearchSpace:
         from mtlsearch.train import TrainConfig
 
         for key, param in self.training.items():
+            if isinstance(param, LossWeightingSpace):
+                param.check(src, f"training.{key}")
+                continue
             for v in param.values():
                 try:
                     TrainConfig.from_dict({key: list(v) if isinstance(v, tuple) else v})
@@ -511,7 +730,12 @@ class SearchSpace:
             towers=(tower,) * len(tasks),
             name=f"{self.name}-trial",
         )
-        training = {k: p.suggest(trial, f"training.{k}") for k, p in self.training.items()}
+        training = {
+            k: p.suggest(trial, f"training.{k}", encoding)
+            if isinstance(p, LossWeightingSpace)
+            else _listed(p.suggest(trial, f"training.{k}"))
+            for k, p in self.training.items()
+        }
         return ExperimentConfig(model=arch, training=TrainConfig.from_dict(training))
 
     def _suggest_level(self, trial: Any, i: int, tasks: tuple[TaskSpec, ...]) -> dict[str, Any]:
@@ -556,7 +780,8 @@ class SearchSpace:
     def check_feasible(
         self, inputs: Any, tasks: Sequence[TaskSpec], encoding: str, draws: int = 200, seed: int = 0
     ) -> float:
-        """Fraction of random draws that build; a space where none does is a UserError."""
+        """Fraction of random draws that build; a space where none does is a UserError, and
+        so is one whose training fields name a task the data lacks (``pos_weight``)."""
         from optuna.trial import FixedTrial
 
         rng = random.Random(seed)
@@ -569,6 +794,8 @@ class SearchSpace:
                 ok += 1
             except ConfigError as exc:
                 first_error = first_error or str(exc)
+            except UserError as exc:  # a training field naming a task the data lacks: every draw
+                raise UserError(_clip(f"{self.source}: {exc}")) from None
         if ok == 0:
             raise UserError(
                 f"{self.source}: no combination in this space builds a network "
@@ -589,7 +816,9 @@ class SearchSpace:
         leaves["embedding_dim"] = self.embedding_dim
         if self.embed_init_std is not None:
             leaves["embed_init_std"] = self.embed_init_std
-        leaves.update({f"training.{k}": v for k, v in self.training.items()})
+        for k, v in self.training.items():
+            name = f"training.{k}"
+            leaves.update(v.leaves(name) if isinstance(v, LossWeightingSpace | TaskMap) else {name: v})
         return leaves
 
     def reference_configs(self, inputs: Any, tasks: Sequence[TaskSpec]) -> dict[str, Any]:
@@ -621,7 +850,9 @@ def _override_keys(path: Sequence[str]) -> set[str] | None:
         return _TOP_KEYS
     head, rest = path[0], list(path[1:])
     if head in sections and not rest:
-        return sections[head]
+        return _training_keys() if head == "training" else sections[head]
+    if head == "training":
+        return _training_override_keys(rest)
     if head == "reference":
         if not rest:
             return _REFERENCE_KEYS
@@ -630,6 +861,44 @@ def _override_keys(path: Sequence[str]) -> set[str] | None:
         if rest == ["sizes"]:
             return None  # preset keyword arguments: checked when the presets are built
     return set()
+
+
+def _training_override_keys(rest: Sequence[str]) -> set[str] | None:
+    """Keys below ``training.<rest>``: a loss weighting's method and option blocks, a
+    method's options, and task names in per-task mappings (None: any key)."""
+    from mtlsearch.train import LOSS_WEIGHTINGS
+
+    if rest[0] in _TASK_MAP_KEYS and len(rest) == 1:
+        return None
+    if rest[0] != "loss_weighting":
+        return set()
+    if len(rest) == 1:
+        return {"method"} | set(LOSS_WEIGHTINGS)
+    cls = LOSS_WEIGHTINGS.get(rest[1])
+    if cls is None:
+        return set()
+    if len(rest) == 2:
+        return set(cls.options) | (set(cls.accepts) & set(_PER_TASK_WEIGHTING_FIELDS))
+    if len(rest) == 3 and rest[2] in _PER_TASK_WEIGHTING_FIELDS:
+        return None
+    return set()
+
+
+def _drop_unused_blocks(data: dict[str, Any], keys: Sequence[str]) -> None:
+    """After ``--set training.loss_weighting.method=...``, the space's option blocks of the
+    methods the new value leaves out are dropped (narrowing a space's methods is one
+    override), except blocks an override sets itself."""
+    method_key = "training.loss_weighting.method"
+    lw = (data.get("training") or {}).get("loss_weighting")
+    if method_key not in keys or not isinstance(lw, dict):
+        return
+    try:
+        methods = _parse_param(lw.get("method"), method_key).values()
+    except UserError:
+        return  # from_dict reports it
+    for block in [k for k in lw if k != "method" and k not in methods]:
+        if not any(k.startswith(f"training.loss_weighting.{block}") for k in keys):
+            del lw[block]
 
 
 def apply_overrides(text: str, overrides: Sequence[str], source: str = "<space>") -> str:
@@ -641,6 +910,8 @@ def apply_overrides(text: str, overrides: Sequence[str], source: str = "<space>"
     or a range (``{int: [1, 3]}``). The result keeps a comment line per override and is
     parsed and checked like any space. Raises :class:`UserError` (one line naming the
     override) for a malformed pair or a path the space grammar does not have.
+    ``training.loss_weighting.method=...`` narrows a space's balancing methods: the option
+    blocks of the methods it leaves out go with them.
     """
     if not overrides:
         return text
@@ -671,10 +942,15 @@ def apply_overrides(text: str, overrides: Sequence[str], source: str = "<space>"
             child = node.get(part)
             if child is None:
                 child = {}
+            elif parts[: i + 1] == ["training", "loss_weighting"] and not (
+                isinstance(child, Mapping) and "method" in child
+            ):
+                child = {"method": child}  # the leaf form, as the method of the block form
             elif not isinstance(child, Mapping):
                 raise UserError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
             node[part] = child = dict(child)
             node = child
+    _drop_unused_blocks(data, [item.partition("=")[0].strip() for item in overrides])
     header = "".join(f"# --set {item}\n" for item in overrides)
     return header + dump_yaml(data)
 
