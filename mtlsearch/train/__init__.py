@@ -5,6 +5,7 @@ Reads data only through :mod:`mtlsearch.data` and architectures through
 raising from an epoch callback).
 """
 
+from mtlsearch.train import _gradient  # noqa: F401  (registers methods)
 from mtlsearch.train._baselines import (
     DEFAULT_PRESETS,
     SINGLE_TASK,

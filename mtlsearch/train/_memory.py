@@ -27,6 +27,7 @@ from mtlsearch._errors import UserError
 from mtlsearch.arch import ArchConfig, build_model
 from mtlsearch.train._config import ExperimentConfig
 from mtlsearch.train._evaluate import EVAL_BATCH
+from mtlsearch.train._weighting import LOSS_WEIGHTINGS
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class MemoryEstimate:
     data_bytes: int
     largest_tensor: str
     largest_tensor_bytes: int
+    jacobian_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -100,6 +102,7 @@ class MemoryEstimate:
             + self.best_weights_bytes
             + self.activation_bytes
             + self.data_bytes
+            + self.jacobian_bytes
         )
 
     def summary(self) -> str:
@@ -111,6 +114,8 @@ class MemoryEstimate:
             ("best-epoch copy", self.best_weights_bytes),
             ("activations", self.activation_bytes),
         ]
+        if self.jacobian_bytes:
+            parts.append(("task Jacobian", self.jacobian_bytes))
         if self.buffer_bytes:
             parts.append(("buffers", self.buffer_bytes))
         if self.data_bytes:
@@ -401,7 +406,11 @@ def estimate_memory(
       dropout (output and float mask). Evaluation (no gradients, ``eval_rows`` rows per
       forward pass): the widest step's input plus twice its output;
     - ``data_bytes``: the copy of the data ``fit`` makes on another device (0 on the CPU,
-      where the data is in memory already and not counted).
+      where the data is in memory already and not counted);
+    - task Jacobian, gradient-level methods only (:mod:`mtlsearch.train._gradient`):
+      ``jacobian_copies (2) x n_tasks x P``, the per-task gradients of every parameter,
+      held twice at a step's peak. The vectorised backward's per-task activation gradients
+      are left out.
 
     Assumptions: parameters of one float dtype; the per-task losses, the loss-weighting
     parameters (one per task at most), allocator slack and the interpreter are left out,
@@ -419,6 +428,8 @@ def estimate_memory(
     buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
     itemsize = params[0][1].element_size() if params else torch.get_default_dtype().itemsize
     optimizer_bytes = OPTIMIZER_STATES[tc.optimizer] * parameter_bytes + 4 * len(params)
+    method = LOSS_WEIGHTINGS[tc.loss_weighting.method]
+    jacobian_bytes = getattr(method, "jacobian_copies", 0) * len(arch.tasks) * parameter_bytes
 
     acts = _activations(arch)
     rows = tc.batch_size if train_rows is None else max(min(tc.batch_size, train_rows), 1)
@@ -453,6 +464,7 @@ def estimate_memory(
         data_bytes=data_bytes,
         largest_tensor=largest,
         largest_tensor_bytes=largest_bytes,
+        jacobian_bytes=jacobian_bytes,
     )
 
 
