@@ -19,9 +19,9 @@ What it does:
    the single-task test AUC. The verdict (``beats single-task``, ``seesaw``, ...) applies
    :func:`mtlsearch.train._verdict.judge` to the gains with the seeds' standard errors.
 3. Step time: on census batches, every method's training step (forward, masked losses,
-   the method's backward, Adam step) is timed in round-robin rounds in one process, so a
-   busy machine slows every method alike; the table gives each method's median step time
-   over the median of ``fixed`` (equal weights), per model.
+   the method's backward, Adam step, the method's after-step hook) is timed in round-robin
+   rounds in one process, so a busy machine slows every method alike; the table gives each
+   method's median step time over the median of ``fixed`` (equal weights), per model.
 
 Outputs, in ``--out-dir``: ``balancing.md`` (settings and tables), ``balancing.json`` (every
 run) and ``balancing.png`` (gain per task and method, per data set and model).
@@ -269,7 +269,7 @@ def run_all(s: Settings, jobs: int, data_dir: str | None) -> list[dict[str, Any]
 def step_times(s: Settings, data_dir: str | None) -> dict[str, dict[str, float]]:
     """Median seconds per training step of each (model, method) on census batches, timed
     in round-robin rounds (``step_rounds`` rounds of 10 steps after 3 warm-up steps)."""
-    from mtlsearch.train._fit import _masked_losses
+    from mtlsearch.train._fit import _masked_losses, _recompute_losses
 
     torch.set_num_threads(1)
     data = _data("census", 0, s, data_dir)
@@ -301,6 +301,7 @@ def step_times(s: Settings, data_dir: str | None) -> dict[str, dict[str, float]]
             opt.zero_grad(set_to_none=True)
             weighting.backward(losses, counts)
             opt.step()
+            weighting.after_step(functools.partial(_recompute_losses, net, batch, tasks, full, None))
         return (time.perf_counter() - t0) / len(chunk)
 
     for key in states:  # warm-up: first-step imports, solver set-up
