@@ -91,3 +91,35 @@ def check_spec_path(path: str | Path, flag: str = "--data") -> None:
             f"{flag} {path}: looks like a {kind} table, not a dataset spec YAML; write a spec whose "
             f"files.path names the table (schema: mtlsearch/data/_spec.py), or use --dataset NAME"
         )
+
+
+MAX_ROWS_HELP = (
+    "Train on a seeded subsample of at most N training rows (stratified by the binary tasks; "
+    "validation and test keep every row), for quick runs; any dataset. Same as --option max_rows=N."
+)
+
+
+def max_rows_option() -> str | None:
+    # Read as text and parsed by with_max_rows: a bad value is then one line, exit 2 (click's
+    # own int check prints a usage box).
+    return typer.Option(None, "--max-rows", metavar="N", help=MAX_ROWS_HELP, show_default=False)
+
+
+def with_max_rows(options: dict, text: str | None, flag: str = "--max-rows") -> dict:
+    """The dataset options with ``max_rows`` from ``--max-rows`` (text) added, checked before
+    any data is read: not an integer >= 1 is a one-line ``UserError`` naming the flag (or
+    ``--option max_rows`` when given that way); both ways with different values is refused."""
+    from mtlsearch.data import MAX_ROWS, check_max_rows
+
+    if MAX_ROWS in options:
+        check_max_rows(options[MAX_ROWS], f"--option {MAX_ROWS}")
+    if text is None:
+        return options
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise UserError(f"{flag}: must be an integer >= 1, got {text!r}") from None
+    check_max_rows(value, flag)
+    if MAX_ROWS in options and options[MAX_ROWS] != value:
+        raise UserError(f"{flag} {value} and --option {MAX_ROWS}={options[MAX_ROWS]}: give one of them")
+    return {**options, MAX_ROWS: value}

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from mtlsearch._errors import UserError
 from mtlsearch._yaml import option_value
-from mtlsearch.cli._common import check_spec_path, console
+from mtlsearch.cli._common import check_spec_path, console, max_rows_option, with_max_rows
 from mtlsearch.data import BUILTIN_DATASETS, describe, load_dataset
 from mtlsearch.data._describe import SPLITS, DatasetDescription, TaskSplitSummary
 
@@ -122,6 +122,7 @@ def describe_cmd(
     options: list[str] = typer.Option(
         [], "--option", "-o", "--set", help="Built-in dataset option, KEY=VALUE (repeatable), e.g. group=2."
     ),
+    max_rows: str | None = max_rows_option(),
 ) -> None:
     """Rows per split, features (type, cardinality), each task's label rate or mean/std and
     masked fraction, and the pairwise correlation of the task labels."""
@@ -133,9 +134,10 @@ def describe_cmd(
         raise UserError(f"--dataset {dataset!r}: unknown; {hint}built-in: {', '.join(BUILTIN_DATASETS)}")
     source = dataset if dataset is not None else spec
     assert source is not None
+    parsed = with_max_rows(parse_options(options), max_rows)
     if spec is not None:
         check_spec_path(spec, "data describe")
-    ds = load_dataset(source, data_dir=data_dir, seed=seed, **parse_options(options))
+    ds = load_dataset(source, data_dir=data_dir, seed=seed, **parsed)
     render(describe(ds), console())
 
 
@@ -145,6 +147,10 @@ def list_cmd() -> None:
     for name, d in BUILTIN_DATASETS.items():
         opts = ", ".join(f"{k}={v!r}" for k, v in d.options.items() if k != "data_dir")
         typer.echo(f"{name:14s} {d.summary}\n{'':14s} options: {opts}")
+    typer.echo(
+        "every dataset (spec files too): max_rows=N trains on a seeded subsample of N training rows "
+        "(--max-rows N); validation and test keep every row"
+    )
 
 
 def register(app: typer.Typer) -> None:

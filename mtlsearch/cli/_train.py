@@ -16,7 +16,7 @@ from rich.table import Table
 
 from mtlsearch._errors import UserError
 from mtlsearch._yaml import option_value, read_yaml_file, require_mapping
-from mtlsearch.cli._common import check_spec_path, set_threads, threads_option
+from mtlsearch.cli._common import check_spec_path, max_rows_option, set_threads, threads_option, with_max_rows
 from mtlsearch.cli._common import console as wide_console
 
 logger = logging.getLogger(__name__)
@@ -51,15 +51,17 @@ def _load_data(
     data_dir: Path | None,
     options: list[str] | None,
     seed: int | None,
+    max_rows: str | None = None,
 ) -> Any:
     from mtlsearch.data import load_dataset
 
     if (data is None) == (dataset is None):
         raise UserError("give exactly one of --data SPEC and --dataset NAME")
+    parsed = with_max_rows(_parse_options(options), max_rows)
     if data is not None:
         check_spec_path(data)
     source = data if data is not None else dataset
-    return load_dataset(source, data_dir=data_dir, seed=seed, **_parse_options(options))
+    return load_dataset(source, data_dir=data_dir, seed=seed, **parsed)
 
 
 def _metrics_table(title: str, valid: dict, test: dict) -> Table:
@@ -88,6 +90,7 @@ def train(
     data_dir: Path | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
     option: list[str] | None = typer.Option(None, "--option", "-o", help=_OPTION_HELP),
     data_seed: int | None = typer.Option(None, "--data-seed", help=_DATA_SEED_HELP),
+    max_rows: str | None = max_rows_option(),
     out: Path | None = typer.Option(
         None, "--out", help="Checkpoint directory (default: runs/<config>-<time>).", show_default=False
     ),
@@ -96,7 +99,8 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train one experiment config, print the per-task table, write a checkpoint directory
-    (its metrics.json records the thread count and, for a --data spec, how to read its rows)."""
+    (its metrics.json records the thread count, the --max-rows subsample if any and, for a
+    --data spec, how to read its rows)."""
     from mtlsearch.train import ExperimentConfig, TrainConfig, TrainingDiverged, fit, save_checkpoint
 
     # Fail on a bad training section before the data load, which can take a while.
@@ -109,7 +113,7 @@ def train(
     if out.exists() and not overwrite:
         raise UserError(f"{out}: already exists; pass --overwrite or choose another --out")
     n_threads = set_threads(threads)
-    ds = _load_data(data, dataset, data_dir, option, data_seed)
+    ds = _load_data(data, dataset, data_dir, option, data_seed, max_rows)
     experiment = ExperimentConfig.load(config, inputs=ds.input_spec(), tasks=ds.tasks)
     try:
         result = fit(experiment, ds, progress=not quiet)
@@ -127,6 +131,8 @@ def train(
         console.print(_utilisation_table(result.utilisation))
     path = save_checkpoint(result, ds, out, overwrite=overwrite)
     extra: dict[str, Any] = {"threads": n_threads}
+    if "max_rows" in ds.meta:  # trained on a subsample: say so beside the metrics
+        extra["max_rows"] = {"max_rows": ds.meta["max_rows"], "train_rows": ds.meta["train_rows"]}
     if data is not None:
         extra["input"] = _reading_options(ds)
     _annotate_metrics(path, extra)
@@ -249,6 +255,7 @@ def baselines(
     data_dir: Path | None = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
     option: list[str] | None = typer.Option(None, "--option", "-o", help=_OPTION_HELP),
     data_seed: int | None = typer.Option(None, "--data-seed", help=_DATA_SEED_HELP),
+    max_rows: str | None = max_rows_option(),
     training: Path | None = typer.Option(
         None, "--training", help="YAML with the training section (a 'training:' key or bare)."
     ),
@@ -282,7 +289,7 @@ def baselines(
     size_args = _read_yaml_mapping(sizes, "sizes file") if sizes is not None else {}
     size_args = {k: tuple(v) if isinstance(v, list) else v for k, v in size_args.items()}
     n_threads = set_threads(threads)
-    ds = _load_data(data, dataset, data_dir, option, data_seed)
+    ds = _load_data(data, dataset, data_dir, option, data_seed, max_rows)
     preset_list = [p.strip() for p in presets.split(",") if p.strip()]
     seed_list = _int_list(seeds, "--seeds") if seeds else [train_cfg.seed]
     announce = _Announcer(ds, preset_list, seed_list, n_threads)

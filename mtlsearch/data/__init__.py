@@ -21,6 +21,7 @@ from mtlsearch.data._describe import DatasetDescription, describe
 from mtlsearch.data._download import cache_dir, fetch_verified
 from mtlsearch.data._io import read_table
 from mtlsearch.data._preprocess import Preprocessor
+from mtlsearch.data._sample import MAX_ROWS, check_max_rows, sample_train
 from mtlsearch.data._spec import (
     DatasetSpec,
     FeatureSpec,
@@ -36,6 +37,7 @@ from mtlsearch.data._tensors import MTLDataset, TensorSplit
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "MAX_ROWS",
     "BuiltinDataset",
     "DatasetDescription",
     "DatasetSpec",
@@ -51,6 +53,7 @@ __all__ = [
     "cache_dir",
     "census_files",
     "census_spec",
+    "check_max_rows",
     "describe",
     "fetch_verified",
     "load_ali_ccp",
@@ -62,5 +65,6 @@ __all__ = [
     "load_synthetic",
     "make_synthetic",
     "read_table",
+    "sample_train",
     "synthetic_arrays",
 ]

@@ -18,13 +18,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from mtlsearch.search import Objective
-from mtlsearch.tracking._summary import TrialPoint, utilisation_matrix
+from mtlsearch.tracking._summary import EpochPath, TrialPoint, utilisation_matrix
 
 _MAX_PAIRS = 6
 _FRONT = "#d62728"
 _OTHER = "#9aa5b1"
 _PRESET = "#1f77b4"
 _SINGLE = "#ff9f1c"
+_STOPPED = "#7b3fa0"
 
 
 def _figure(width: float, height: float):  # -> matplotlib.figure.Figure
@@ -237,6 +238,74 @@ def utilisation_png(utilisation: dict[str, dict[str, float]], title: str) -> byt
     if image is not None:
         fig.colorbar(image, ax=fig.axes, shrink=0.8, label="mean gate weight")
     return _png(fig)
+
+
+def epoch_paths_figure(
+    paths: Sequence[EpochPath],
+    objectives: Sequence[Objective],
+    rungs: Sequence[tuple[int, int]],
+    title: str = "Task metrics over epochs",
+):  # -> matplotlib.figure.Figure
+    """Each trial's validation value of every task objective after each epoch (one panel per
+    task objective; x: epoch, 1-based). Completed trials are full lines (front members red,
+    the others grey); trials stopped early (PRUNED: at a rung, or by another rule) are purple
+    and end at their last epoch with an ``x``; each rung is a dashed vertical line at its
+    epoch, labelled ``rung k``. Artists carry ids for inspection: ``trial-<n>`` (a path),
+    ``stop-<n>`` (the end mark), ``rung-<k>`` (a rung line in each panel). Failed and running
+    trials are not drawn."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    tasks = [(i, o) for i, o in enumerate(o for o in objectives if not o.is_cost)]
+    cols = min(3, max(1, len(tasks)))
+    rows = max(1, math.ceil(len(tasks) / cols))
+    fig = _figure(5.2 * cols, 3.8 * rows + 0.4)
+    fig.suptitle(title)
+    drawn = [p for p in paths if p.state in ("COMPLETE", "PRUNED")]
+    if not tasks or not drawn:
+        fig.text(0.5, 0.5, "no per-epoch values recorded", ha="center")
+        return fig
+    order = sorted(drawn, key=lambda p: (p.state == "COMPLETE", p.on_front, p.number))  # front on top
+    for k, (i, o) in enumerate(tasks):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        for p in order:
+            xs = list(range(1, len(p.values) + 1))
+            ys = [v[i] for v in p.values]
+            if p.state == "COMPLETE":
+                color, width, z = (_FRONT, 1.6, 3) if p.on_front else (_OTHER, 1.0, 2)
+                (line,) = ax.plot(xs, ys, c=color, lw=width, zorder=z, marker="o" if len(xs) == 1 else None)
+            else:
+                (line,) = ax.plot(xs, ys, c=_STOPPED, lw=1.0, alpha=0.85, zorder=2)
+                (end,) = ax.plot(xs[-1:], ys[-1:], ls="", marker="x", ms=7, mew=1.6, c=_STOPPED, zorder=4)
+                end.set_gid(f"stop-{p.number}")
+            line.set_gid(f"trial-{p.number}")
+        for rung, epoch in rungs:
+            ax.axvline(epoch, ls="--", lw=0.9, c="0.35", zorder=1).set_gid(f"rung-{rung}")
+            ax.text(epoch, 0.99, f" rung {rung}", transform=ax.get_xaxis_transform(), ha="left",
+                    va="top", fontsize=7, color="0.3")  # fmt: skip
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(_axis_label(o))
+        ax.grid(alpha=0.3)
+    handles = [
+        Line2D([], [], c=_FRONT, lw=1.6, label="completed, Pareto front"),
+        Line2D([], [], c=_OTHER, lw=1.0, label="completed"),
+        Line2D([], [], c=_STOPPED, lw=1.0, marker="x", mew=1.6, label="stopped early"),
+    ]
+    if rungs:
+        handles.append(Line2D([], [], ls="--", lw=0.9, c="0.35", label="rung"))
+    fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncols=len(handles))
+    return fig
+
+
+def epoch_paths_png(
+    paths: Sequence[EpochPath],
+    objectives: Sequence[Objective],
+    rungs: Sequence[tuple[int, int]],
+    title: str = "Task metrics over epochs",
+) -> bytes:
+    """:func:`epoch_paths_figure` as PNG bytes."""
+    return _png(epoch_paths_figure(paths, objectives, rungs, title))
 
 
 # ---- interactive SVG ---------------------------------------------------------------------------

@@ -51,6 +51,11 @@ config, final metrics, utilisation; not the per-epoch history, which only its wo
 and tagged ``repaired = true``; of several, the one named by the trial's ``mlflow_run_id``
 attribute (else the earliest) is kept and the others deleted; one left open or failed gets
 its final metrics and FINISHED. Runs of failed and pruned trials left RUNNING are closed.
+
+A trial stopped early (PRUNED) ends KILLED with the tag ``state = PRUNED`` and, when it
+stopped at a MOASHA rung, ``stopped_rung``, ``stopped_epoch`` and ``rung_values`` (its task
+objectives there, JSON) plus ``pruned_reason`` (:func:`pruned_tags`); it never joins the
+front (``compare = false``), which holds full-fidelity (COMPLETE) trials only.
 When nothing is wrong this costs nothing beyond the one listing of the children that
 re-tagging needs anyway.
 """
@@ -83,13 +88,17 @@ from mtlsearch.search import CONFIG_ATTR, FAIL_ATTR, count_finished, hypervolume
 from mtlsearch.search._front import PRESET_ATTR
 from mtlsearch.tracking import _figures
 from mtlsearch.tracking._summary import (
+    PRUNED_REASON_ATTR,
     RUN_ID_ATTR,
     UTILISATION_ATTR,
     front_records,
     gain_metrics,
     json_safe,
+    pruning_text,
     records_csv,
     single_task_valid,
+    stop_decision,
+    stopped_rung,
     trial_points,
     utilisation_csv,
 )
@@ -118,6 +127,10 @@ TAG_CREATE = "mtlsearch.create_id"
 TAG_COMPARE = "compare"  # "true" on front members and named references: one filter shows both
 TAG_PRESET = "preset"
 TAG_SETTING = "setting."  # prefix of the parent's study-setting tags
+TAG_STOPPED_RUNG = "stopped_rung"  # a PRUNED trial's rung (MOASHA), as text: filter tags.stopped_rung = '0'
+TAG_STOPPED_EPOCH = "stopped_epoch"  # the rung's epoch, 1-based
+TAG_RUNG_VALUES = "rung_values"  # JSON: task objective -> its validation value at that rung
+TAG_PRUNED_REASON = "pruned_reason"
 TRIAL_METRIC = "trial_number"  # the trial number as a metric: sorts as a number in the UI
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens GenAI traces unless told
 EXPERIMENT_KIND = "custom_model_development"
@@ -609,6 +622,7 @@ class MlflowObserver:
                 "n_trials": str(settings.n_trials),
                 "space": settings.space_source,
                 "max_params": str(settings.max_params),
+                "pruning": pruning_text(getattr(settings, "pruning", None)),
             }
             tags = [RunTag(TAG_SETTING + k, v[:_MAX_TAG]) for k, v in values.items()]
             client.log_batch(mine, tags=tags)
@@ -799,6 +813,7 @@ class MlflowObserver:
         client = self._client
         now = int(time.time() * 1000)
         tags = [RunTag("state", trial.state.name)]
+        tags += [RunTag(k, v) for k, v in pruned_tags(trial, self._objectives(study)).items()]
         reason = trial.user_attrs.get(FAIL_ATTR) or reason
         if reason:
             tags.append(RunTag("fail_reason", str(reason)[:_MAX_TAG]))
@@ -992,6 +1007,7 @@ class MlflowObserver:
                 # paused worker that wakes closes it the same way (on_trial_end).
                 close = True
                 want["state"] = trial.state.name
+                want.update(pruned_tags(trial, self._objectives(study)))
                 if trial.state == TrialState.FAIL and not trial.user_attrs.get(FAIL_ATTR):
                     want["fail_reason"] = LOST_REASON
         changed = [RunTag(k, v) for k, v in want.items() if tags.get(k) != v]
@@ -1111,6 +1127,33 @@ class MlflowObserver:
                 client.update_run(parent, status="RUNNING")
         elif status == "RUNNING" and not any(t.state == TrialState.RUNNING for t in trials):
             client.set_terminated(parent, "FINISHED")
+
+
+def pruned_tags(trial: FrozenTrial, objectives: Sequence[Any]) -> dict[str, str]:
+    """The tags that say where a PRUNED trial stopped: ``stopped_rung`` (k), ``stopped_epoch``
+    (1-based), ``rung_values`` (JSON: each task objective's validation value at that rung,
+    e.g. ``{"income:auc": 0.8812, "marital:auc": 0.9501}``) and ``pruned_reason``. Empty for
+    any other trial; only ``pruned_reason`` for one pruned by a rule without rungs."""
+    if trial.state != TrialState.PRUNED:
+        return {}
+    import json
+
+    out: dict[str, str] = {}
+    reason = trial.user_attrs.get(PRUNED_REASON_ATTR)
+    if reason:
+        out[TAG_PRUNED_REASON] = str(reason)[:_MAX_TAG]
+    rung = stopped_rung(trial)
+    if rung is None:
+        return out
+    out[TAG_STOPPED_RUNG] = str(rung)
+    decision = stop_decision(trial) or {}
+    if isinstance(decision.get("epoch"), int):
+        out[TAG_STOPPED_EPOCH] = str(decision["epoch"])
+    names = [o.name for o in objectives if not o.is_cost]
+    values = decision.get("values")
+    if isinstance(values, list) and len(values) == len(names) and all(_finite(v) for v in values):
+        out[TAG_RUNG_VALUES] = json.dumps(dict(zip(names, map(float, values), strict=True)))[:_MAX_TAG]
+    return out
 
 
 def _keeper(trial: FrozenTrial, runs: Sequence[Any]) -> Any:

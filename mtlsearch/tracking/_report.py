@@ -34,9 +34,16 @@ from mtlsearch.search import (
 )
 from mtlsearch.tracking import _figures
 from mtlsearch.tracking._summary import (
+    PRUNED_REASON_ATTR,
     UTILISATION_ATTR,
+    epoch_paths,
     hypervolume_history,
     param_name,
+    pruning_text,
+    rung_counts,
+    rung_epochs,
+    rung_text,
+    stop_decision,
     trial_points,
 )
 from mtlsearch.train._verdict import BEATS, SEESAW, WORSE
@@ -228,16 +235,71 @@ def _utilisation_html(study: optuna.Study, objectives: Sequence[Objective]) -> s
     )
 
 
-def _failures_html(study: optuna.Study) -> str:
+def _rung_values(t: optuna.trial.FrozenTrial, objectives: Sequence[Objective]) -> str:
+    """``income:auc 0.8812, marital:auc 0.9501``: a stopped trial's task objectives at its rung."""
+    decision = stop_decision(t)
+    values = decision.get("values") if decision else None
+    names = [o.name for o in objectives if not o.is_cost]
+    if not isinstance(values, list) or len(values) != len(names):
+        return ""
+    return ", ".join(f"{n} {_fmt(float(v))}" for n, v in zip(names, values, strict=True))
+
+
+def _failures_html(study: optuna.Study, objectives: Sequence[Objective]) -> str:
     bad = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.FAIL, TrialState.PRUNED)]
     if not bad:
         return "<p>None.</p>"
-    rows = "".join(
-        f'<tr><td>{t.number}</td><td class="l">{t.state.name.lower()}</td>'
-        f'<td class="l">{html.escape(str(t.user_attrs.get("fail_reason", "")))}</td></tr>'
-        for t in bad
+    rows = []
+    for t in bad:
+        decision = stop_decision(t)
+        where = f"rung {decision['rung']}, epoch {decision.get('epoch', '?')}" if decision else ""
+        reason = t.user_attrs.get("fail_reason") or t.user_attrs.get(PRUNED_REASON_ATTR) or ""
+        rows.append(
+            f'<tr><td>{t.number}</td><td class="l">{t.state.name.lower()}</td>'
+            f'<td class="l">{html.escape(where)}</td><td class="l">{_rung_values(t, objectives)}</td>'
+            f'<td class="l">{html.escape(str(reason))}</td></tr>'
+        )
+    head = (
+        '<tr><th>trial</th><th class="l">state</th><th class="l">stopped at</th>'
+        '<th class="l">values there (validation)</th><th class="l">reason</th></tr>'
     )
-    return f'<table><tr><th>trial</th><th class="l">state</th><th class="l">reason</th></tr>{rows}</table>'
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _epochs_html(study: optuna.Study, objectives: Sequence[Objective], pruning: Any) -> str:
+    """The metric path of every trial over epochs with the rungs marked, and per rung how
+    many trials went on and how many stopped there."""
+    trials = study.get_trials(deepcopy=False)
+    paths = epoch_paths(study, objectives)
+    longest = max((len(p.values) for p in paths), default=0)
+    rungs = rung_epochs(trials, longest, pruning)
+    parts = [_img(_figures.epoch_paths_png(paths, objectives, rungs), "task metrics over epochs")]
+    parts.append(
+        "<p class=muted>Validation value of each task objective after every epoch. Stopped trials "
+        "(purple) end with an x at the rung where they stopped; dashed lines are the rungs.</p>"
+    )
+    counts = rung_counts(trials)
+    if counts:
+        rows = "".join(
+            f"<tr><td>{c.rung}</td><td>{_fmt(c.epoch)}</td><td>{c.continued}</td><td>{c.stopped}</td></tr>"
+            for c in counts
+        )
+        parts.append(
+            f"<table><tr><th>rung</th><th>epoch</th><th>went on</th><th>stopped</th></tr>{rows}</table>"
+        )
+    return "".join(parts)
+
+
+def _fidelity_note(trials: Sequence[optuna.trial.FrozenTrial]) -> str:
+    """Says that stopped trials are left out of the front, its gains and ``export``."""
+    n = sum(t.state == TrialState.PRUNED for t in trials)
+    if not n:
+        return ""
+    return (
+        f"<p class=muted>The front, its gains over single-task and <code>mtlsearch export</code> use "
+        f"completed (full-fidelity) trials only: the {n} trial{'s' * (n != 1)} stopped early "
+        "are left out, whatever their values when they stopped.</p>"
+    )
 
 
 def render_report(study: optuna.Study) -> str:
@@ -259,6 +321,7 @@ def render_report(study: optuna.Study) -> str:
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     hv = f"{history[-1][1]:.6g}" if history else "–"
     options = ", ".join(f"{k}={v}" for k, v in settings.dataset_options.items())
+    stopped = rung_text(rung_counts(trials))
     facts = [
         ("dataset", settings.dataset + (f" ({options})" if options else "")),
         ("objectives", ", ".join(f"{o.name} ({o.direction})" for o in objectives)),
@@ -266,7 +329,10 @@ def render_report(study: optuna.Study) -> str:
         ("trials", f"{summary} (budget {settings.n_trials})"),
         ("hypervolume", hv),
         ("front size", str(sum(p.rank == 0 for p in points))),
+        ("pruning", pruning_text(settings.pruning)),
     ]
+    if stopped:
+        facts.append(("stopped at rungs", f"{stopped} (full-fidelity trials only on the front)"))
     fact_rows = "".join(
         f'<tr><th class="l">{k}</th><td class="l">{html.escape(v)}</td></tr>' for k, v in facts
     )
@@ -280,16 +346,19 @@ def render_report(study: optuna.Study) -> str:
         f"<div class=grid>{svgs}</div>",
         "<h2>Front members and their gain over single-task</h2>",
         _front_html(study, objectives),
+        _fidelity_note(trials),
         "<h2>Hypervolume over trials</h2>",
         _img(_figures.hypervolume_png(history), "hypervolume over trials"),
         "<p class=muted>Against one reference point for the whole curve (chance level for AUC "
         "and accuracy, 1.1 x the worst value seen for losses and costs).</p>",
+        "<h2>Task metrics over epochs</h2>",
+        _epochs_html(study, objectives, settings.pruning),
         "<h2>Parameter importances</h2>",
         _importance_html(param_importances(study, objectives)),
         "<h2>Expert utilisation of the front's models</h2>",
         _utilisation_html(study, objectives),
         "<h2>Failed and pruned trials</h2>",
-        _failures_html(study),
+        _failures_html(study, objectives),
         f"<p class=muted>mtlsearch {mtlsearch.__version__}, "
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>",
     ]

@@ -317,3 +317,152 @@ def single_task_valid(trials: Sequence[FrozenTrial]) -> dict[str, dict[str, floa
             valid = t.user_attrs.get("valid")
             return valid if isinstance(valid, dict) else None
     return None
+
+
+# ---- early stopping (MOASHA rungs) -------------------------------------------------------------
+#: Trial attributes the pruners write: the task-objective vector after each epoch; each rung
+#: decision ``{"rung": k, "epoch": e (1-based), "values": [...], "seen": [...], "decision":
+#: "continue" | "stop"}``; the rung a stopped (PRUNED) trial stopped at; a readable reason.
+EPOCH_VALUES_ATTR = "epoch_values"
+RUNG_DECISIONS_ATTR = "rung_decisions"
+STOPPED_RUNG_ATTR = "stopped_rung"
+PRUNED_REASON_ATTR = "pruned_reason"
+
+
+@dataclass(frozen=True)
+class RungCount:
+    """One rung of a study: its epoch (1-based; ``None`` if no decision recorded it), how many
+    trials stopped there and how many were judged there and went on."""
+
+    rung: int
+    epoch: int | None
+    stopped: int
+    continued: int
+
+
+def _decisions(t: FrozenTrial) -> list[dict[str, Any]]:
+    raw = t.user_attrs.get(RUNG_DECISIONS_ATTR)
+    return [d for d in raw if isinstance(d, dict) and isinstance(d.get("rung"), int)] if raw else []
+
+
+def stopped_rung(t: FrozenTrial) -> int | None:
+    """The rung a PRUNED trial stopped at (``stopped_rung``); ``None`` for a trial that did not
+    stop at a rung (complete, failed, or pruned by another rule)."""
+    k = t.user_attrs.get(STOPPED_RUNG_ATTR)
+    return k if t.state == TrialState.PRUNED and isinstance(k, int) and not isinstance(k, bool) else None
+
+
+def stop_decision(t: FrozenTrial) -> dict[str, Any] | None:
+    """The rung decision that stopped ``t`` (rung, epoch, its values there), or None."""
+    k = stopped_rung(t)
+    if k is None:
+        return None
+    return next((d for d in reversed(_decisions(t)) if d["rung"] == k), None)
+
+
+def rung_counts(trials: Sequence[FrozenTrial]) -> list[RungCount]:
+    """Per rung, in order: trials stopped there (PRUNED with ``stopped_rung`` k) and trials
+    judged there that went on (a ``continue`` decision at k). Empty when no trial was judged
+    at a rung (no MOASHA pruning)."""
+    epochs: dict[int, int] = {}
+    stopped: dict[int, int] = {}
+    continued: dict[int, set[int]] = {}
+    for t in trials:
+        for d in _decisions(t):
+            if isinstance(d.get("epoch"), int):
+                epochs.setdefault(d["rung"], d["epoch"])
+            if d.get("decision") == "continue":
+                continued.setdefault(d["rung"], set()).add(t.number)
+        k = stopped_rung(t)
+        if k is not None:
+            stopped[k] = stopped.get(k, 0) + 1
+    rungs = sorted(set(epochs) | set(stopped) | set(continued))
+    return [RungCount(k, epochs.get(k), stopped.get(k, 0), len(continued.get(k, ()))) for k in rungs]
+
+
+def rung_text(counts: Sequence[RungCount]) -> str:
+    """``rung 0 (epoch 1): 3, rung 1 (epoch 3): 2`` -- trials stopped per rung (rungs where
+    none stopped are left out); empty when none stopped at a rung."""
+    return ", ".join(
+        f"rung {c.rung}" + (f" (epoch {c.epoch})" if c.epoch is not None else "") + f": {c.stopped}"
+        for c in counts
+        if c.stopped
+    )
+
+
+def pruning_text(pruning: Mapping[str, Any] | None) -> str:
+    """The study's pruning setting in words: ``moasha (min_epochs 1, eta 3)``, ``dominance
+    (margin 0.01)`` (settings without a method are the dominance rule; unset keys are left
+    out), or ``off``."""
+    if not pruning:
+        return "off"
+    method = str(pruning.get("method", "dominance"))
+    rest = ", ".join(f"{k} {v}" for k, v in pruning.items() if k != "method" and v is not None)
+    return f"{method} ({rest})" if rest else method
+
+
+def rung_epochs(
+    trials: Sequence[FrozenTrial], max_epochs: int, pruning: Mapping[str, Any] | None = None
+) -> list[tuple[int, int]]:
+    """``(rung, epoch)`` pairs (epoch 1-based) to mark on plots: as the trials' rung
+    decisions recorded them; before any decision, from a MOASHA setting ``pruning`` (the
+    study's ``{"method": "moasha", "min_epochs": r, "eta": eta}``: rung k at epoch
+    ``r * eta**k``, up to ``max_epochs``); none without MOASHA."""
+    seen = sorted(
+        {(d["rung"], d["epoch"]) for t in trials for d in _decisions(t) if isinstance(d.get("epoch"), int)}
+    )
+    if seen or not pruning or pruning.get("method") != "moasha":
+        return seen
+    r, eta = pruning.get("min_epochs"), pruning.get("eta")
+    if not isinstance(r, int) or not isinstance(eta, int) or r < 1 or eta < 2:
+        return []
+    out: list[tuple[int, int]] = []
+    while r * eta ** len(out) <= max_epochs:
+        out.append((len(out), r * eta ** len(out)))
+    return out
+
+
+@dataclass(frozen=True)
+class EpochPath:
+    """A trial's task objectives after each epoch (``values[e - 1]`` after epoch e), how it
+    ended, and where it stopped (``stopped_rung``, ``None`` unless stopped at a rung)."""
+
+    number: int
+    preset: str | None
+    state: str  # COMPLETE | PRUNED | FAIL | RUNNING
+    values: tuple[tuple[float, ...], ...]
+    on_front: bool
+    stopped_rung: int | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.number} {self.preset}" if self.preset else str(self.number)
+
+
+def epoch_paths(study: optuna.Study, objectives: Sequence[Objective]) -> list[EpochPath]:
+    """Every trial that recorded per-epoch values, with its front membership (the front holds
+    COMPLETE trials only: a stopped trial is never on it, whatever its partial values)."""
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    front = {t.number for t, r in zip(complete, pareto_ranks(complete, objectives), strict=True) if r == 0}
+    width = sum(not o.is_cost for o in objectives)
+    out = []
+    for t in trials:
+        raw = t.user_attrs.get(EPOCH_VALUES_ATTR)
+        if not isinstance(raw, list) or not raw:
+            continue
+        rows = tuple(
+            tuple(float(v) for v in row) for row in raw if isinstance(row, list | tuple) and len(row) == width
+        )
+        if rows:
+            out.append(
+                EpochPath(
+                    t.number,
+                    t.user_attrs.get(PRESET_ATTR),
+                    t.state.name,
+                    rows,
+                    t.number in front,
+                    stopped_rung(t),
+                )
+            )
+    return out
