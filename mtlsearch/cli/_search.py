@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mtlsearch._errors import StorageUnavailable, UserError
-from mtlsearch.cli._common import check_spec_path, set_threads, threads_option
+from mtlsearch.cli._common import check_spec_path, max_rows_option, set_threads, threads_option, with_max_rows
 from mtlsearch.cli._common import console as make_console
 
 logger = logging.getLogger("mtlsearch")
@@ -90,7 +90,7 @@ class ProgressObserver:
             objectives = self.ctx.objectives
             done = count_finished(study)
             failed = sum(t.state == TrialState.FAIL and "fail_reason" in t.user_attrs for t in trials)
-            pruned = sum(t.state == TrialState.PRUNED for t in trials)
+            pruned = _pruned_text(trials)
             complete = [t for t in trials if t.state == TrialState.COMPLETE]
             front = pareto_front(study, objectives) if complete else []
             best = []
@@ -256,6 +256,44 @@ def _references(text: str | None, no_references: bool) -> tuple[bool, int | None
     return count > 0, count
 
 
+def _pruning(
+    pruner: str | None,
+    prune: bool | None,
+    margin: float | None,
+    min_epochs: int | None,
+    eta: int | None,
+    rung_fraction: float | None,
+) -> tuple[dict[str, Any] | None, bool]:
+    """The ``SearchSettings.pruning`` dict the pruner options ask for, and whether any was
+    given (none given: a new study does not prune, a resumed one keeps its pruning). The
+    rule's own checks (``--eta`` >= 2, ...) run when the settings are made."""
+    from mtlsearch.search import PRUNERS
+
+    if pruner is not None and pruner not in PRUNERS:
+        raise UserError(f"--pruner: unknown {pruner!r}; expected one of {sorted(PRUNERS)}")
+    if prune is not None:
+        alias = "dominance" if prune else "none"
+        flag = "--prune" if prune else "--no-prune"
+        if pruner is not None and pruner != alias:
+            raise UserError(f"{flag} and --pruner {pruner}: choose one ({flag} means --pruner {alias})")
+        logger.warning("%s is deprecated: use --pruner %s", flag, alias)
+        pruner = alias
+    method = pruner or "none"
+    moasha = {"min_epochs": min_epochs, "eta": eta, "rung_fraction": rung_fraction}
+    options = {"min_epochs": "--min-epochs", "eta": "--eta", "rung_fraction": "--rung-fraction"}
+    for key, value in moasha.items():
+        if value is not None and method != "moasha":
+            raise UserError(f"{options[key]}: applies to --pruner moasha only (the pruner is {method})")
+    if margin is not None and method != "dominance":
+        raise UserError(f"--prune-margin: applies to --pruner dominance only (the pruner is {method})")
+    given = pruner is not None
+    if method == "none":
+        return None, given
+    if method == "dominance":
+        return {"method": method, **({} if margin is None else {"margin": margin})}, given
+    return {"method": method, **{k: v for k, v in moasha.items() if v is not None}}, given
+
+
 def search(
     space: Path = typer.Option(..., "--space", help="Search-space YAML (see search_spaces/)."),
     dataset: str | None = typer.Option(
@@ -272,6 +310,7 @@ def search(
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Folder holding the built-in dataset's files (default: $MTLSEARCH_DATA)."
     ),
+    max_rows: str | None = max_rows_option(),
     set_items: list[str] | None = typer.Option(
         None,
         "--set",
@@ -303,10 +342,30 @@ def search(
     ),
     n_jobs: int = typer.Option(1, "--n-jobs", help="Workers in this process (threads)."),
     threads: int | None = threads_option(),
-    prune: bool = typer.Option(
-        False, "--prune/--no-prune", help="Stop trials dominated at the same epoch by finished ones."
+    pruner: str | None = typer.Option(
+        None,
+        "--pruner",
+        help="Stop unpromising trials early: none (default), dominance (dominated at the same epoch by "
+        "finished trials) or moasha (multi-objective asynchronous successive halving). A resume keeps "
+        "the study's.",
     ),
-    prune_margin: float = typer.Option(0.01, "--prune-margin", help="Relative margin for dominance pruning."),
+    min_epochs: int | None = typer.Option(
+        None, "--min-epochs", help="MOASHA: epoch of the first rung, r (default 1); rungs at r*eta^k."
+    ),
+    eta: int | None = typer.Option(
+        None, "--eta", help="MOASHA: reduction factor (default 3): the top 1/eta at a rung go on."
+    ),
+    rung_fraction: float | None = typer.Option(
+        None,
+        "--rung-fraction",
+        help="MOASHA: epochs up to the first rung train on this seeded fraction of the training rows.",
+    ),
+    prune: bool | None = typer.Option(
+        None, "--prune/--no-prune", help="Deprecated: same as --pruner dominance / --pruner none."
+    ),
+    prune_margin: float | None = typer.Option(
+        None, "--prune-margin", help="Dominance pruning: relative margin (default 0.01)."
+    ),
     references: str | None = typer.Option(
         None,
         "--references",
@@ -344,20 +403,21 @@ def search(
     if data is not None:
         check_spec_path(data)
     enqueue, n_refs = _references(references, no_references)
+    pruning, pruning_given = _pruning(pruner, prune, prune_margin, min_epochs, eta, rung_fraction)
     source = dataset or str(data.resolve())  # type: ignore[union-attr]
     name = study_name or f"{space.stem}-{Path(source).stem}"
     settings = SearchSettings(
         space_text=parsed.text,
         space_source=parsed.source,
         dataset=source,
-        dataset_options=_parse_options(data_option),
+        dataset_options=with_max_rows(_parse_options(data_option), max_rows),  # stored: workers agree
         data_dir=str(data_dir.resolve()) if data_dir else None,
         objectives=tuple(objectives or ()),
         sampler=sampler or "tpe",
         seed=0 if seed is None else seed,
         n_trials=n_trials,
         enqueue_references=enqueue,
-        pruning={"margin": prune_margin} if prune else None,
+        pruning=pruning,
         max_params=max_params,
         references=n_refs,
     )
@@ -365,6 +425,8 @@ def search(
     n_threads = set_threads(threads, n_jobs)
     storage_url = storage or default_storage_url()
     given = {k for k, v in (("sampler", sampler), ("seed", seed)) if v is not None}
+    if pruning_given:
+        given.add("pruning")
     ctx = create_or_resume(name, storage_url, settings, given=given, threads=n_threads)
     warn_short_budget(ctx)
     _attach_tracking(ctx, tracking_uri, not no_mlflow, storage_url)
@@ -416,13 +478,39 @@ def front(
     _print_front(study, objectives_of(study))
 
 
+def _pruned_text(trials: list[FrozenTrial]) -> str:
+    """``5 (rung 0: 3, rung 1: 2)``: the pruned trials, and how many stopped at each rung."""
+    from mtlsearch.tracking._summary import rung_counts
+
+    n = sum(t.state == TrialState.PRUNED for t in trials)
+    at = ", ".join(f"rung {c.rung}: {c.stopped}" for c in rung_counts(trials) if c.stopped)
+    return f"{n} ({at})" if at else str(n)
+
+
+def _stopped_line(trials: list[FrozenTrial]) -> str | None:
+    """Under the front: how many trials stopped at each rung, and that the front leaves them out."""
+    from mtlsearch.tracking._summary import rung_counts, rung_text
+
+    n = sum(t.state == TrialState.PRUNED for t in trials)
+    if not n:
+        return None
+    at = rung_text(rung_counts(trials))
+    return (
+        f"stopped early: {n} trial{'s' * (n != 1)}" + (f", at {at}" if at else "")
+        + "; the front holds completed (full-fidelity) trials only"
+    )  # fmt: skip
+
+
 def _print_front(study: optuna.Study, objectives: Any) -> None:
     from mtlsearch.search import CONFIG_ATTR, describe_config, front_table
 
     rows = front_table(study, objectives)
     out = make_console()
+    stopped = _stopped_line(study.get_trials(deepcopy=False))
     if not rows:
         out.print(f"study {study.study_name}: no completed trial yet")
+        if stopped:
+            out.print(stopped, markup=False, highlight=False)
         return
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     table = Table(title=f"Pareto front of {study.study_name} ({len(rows)} trials)")
@@ -447,6 +535,8 @@ def _print_front(study: optuna.Study, objectives: Any) -> None:
             describe_config(by_number[r.trial].user_attrs.get(CONFIG_ATTR)),
         )
     out.print(table)
+    if stopped:
+        out.print(stopped, markup=False, highlight=False)
     from mtlsearch.train._verdict import RULE
 
     out.print(RULE, style="dim")

@@ -16,7 +16,8 @@ from mtlsearch.search._front import (
 )
 from mtlsearch.search._objectives import Objective, parse_objectives
 from mtlsearch.search._pick import PICK_RULES, Bound, Pick, PickRule, parse_pick, pick_trial
-from mtlsearch.search._pruning import DominancePruning
+from mtlsearch.search._pruning import PRUNERS, DominancePruning, make_pruning
+from mtlsearch.search._rungs import MOASHAPruning, rung_epochs
 from mtlsearch.search._space import SearchSpace
 from mtlsearch.search._storage import open_storage
 from mtlsearch.search._study import (
@@ -40,10 +41,12 @@ __all__ = [
     "CONFIG_ATTR",
     "FAIL_ATTR",
     "PICK_RULES",
+    "PRUNERS",
     "SAMPLERS",
     "Bound",
     "DominancePruning",
     "FrontRow",
+    "MOASHAPruning",
     "Objective",
     "Pick",
     "PickRule",
@@ -60,6 +63,7 @@ __all__ = [
     "hypervolume",
     "join",
     "load_study",
+    "make_pruning",
     "objectives_of",
     "open_storage",
     "pareto_front",
@@ -69,5 +73,6 @@ __all__ = [
     "pick_trial",
     "reference_point",
     "run_worker",
+    "rung_epochs",
     "settings_of",
 ]

@@ -34,7 +34,15 @@ from mtlsearch._errors import StorageUnavailable, UserError
 from mtlsearch.arch import ConfigError
 from mtlsearch.search._front import PRESET_ATTR
 from mtlsearch.search._objectives import Objective, from_dict, objective_values, to_dict
-from mtlsearch.search._pruning import DominancePruning, PruningCallback
+from mtlsearch.search._pruning import (
+    PruningCallback,
+    PruningRule,
+    make_pruning,
+    normalize_pruning,
+    pruning_method,
+)
+from mtlsearch.search._rungs import MOASHAPruning
+from mtlsearch.search._sampling import PrunedAsComplete
 from mtlsearch.search._space import SearchSpace
 from mtlsearch.search._storage import TICKET_ATTR, open_storage
 from mtlsearch.search._worker import FAIL_ATTR, WORKER_ATTR
@@ -98,11 +106,14 @@ class SearchSettings:
     seed: int = 0
     n_trials: int = 20
     enqueue_references: bool = True
-    pruning: dict[str, Any] | None = None
+    pruning: dict[str, Any] | None = None  # {"method": none|dominance|moasha, ...}; see _pruning
     max_params: int | None = None
     references: int | None = None  # how many of the space's reference presets; None: all
 
     def __post_init__(self) -> None:
+        # stored normalised: {"method": ..., every setting}, or None for no pruning; an old
+        # stored dict without "method" is the dominance rule (resumable old studies)
+        object.__setattr__(self, "pruning", normalize_pruning(self.pruning))
         if self.sampler not in SAMPLERS:
             raise UserError(f"--sampler: unknown {self.sampler!r}; expected one of {sorted(SAMPLERS)}")
         if self.n_trials < 1:
@@ -167,8 +178,9 @@ class SearchContext:
     threads: int | None = None  # torch threads of this process (None: torch's own setting)
 
     @property
-    def pruning(self) -> DominancePruning | None:
-        return DominancePruning(**self.settings.pruning) if self.settings.pruning else None
+    def pruning(self) -> PruningRule | None:
+        """The study's pruning rule (None: no pruning), from the stored settings."""
+        return make_pruning(self.settings.pruning)
 
 
 def _load_data(settings: SearchSettings) -> Any:
@@ -211,7 +223,20 @@ def _context(
 
 def _check_same_recipe(study_name: str, stored: SearchSettings, settings: SearchSettings, given: Any) -> None:
     """A resume that names another sampler or seed than the study's is refused: silently
-    keeping the stored one would run a different search than the command says."""
+    keeping the stored one would run a different search than the command says. So is one
+    that moves a MOASHA study's rungs (``--min-epochs``, ``--eta``, ``--rung-fraction``):
+    values recorded at rung k would then mix epochs. Switching the pruner on or off, or
+    between methods, is allowed (decisions already recorded stay as they are)."""
+    if "pruning" in given and settings.pruning and stored.pruning:
+        new, old = settings.pruning, stored.pruning
+        if new["method"] == old["method"] == MOASHAPruning.method and new != old:
+            option = {"min_epochs": "--min-epochs", "eta": "--eta", "rung_fraction": "--rung-fraction"}
+            key = next(k for k in option if new.get(k) != old.get(k))
+            raise UserError(
+                f"{option[key]} {new.get(key)}: study {study_name} was made with {option[key]} "
+                f"{old.get(key)}; its recorded rungs would no longer match; resume it with "
+                f"{option[key]} {old.get(key)} (or without it), or choose another --study name"
+            )
     for key in ("sampler", "seed"):
         if key in given and getattr(settings, key) != getattr(stored, key):
             raise UserError(
@@ -249,7 +274,7 @@ def create_or_resume(
     settings: SearchSettings,
     heartbeat: bool = True,
     *,
-    given: Any = ("sampler", "seed"),
+    given: Any = ("sampler", "seed", "pruning"),
     threads: int | None = None,
 ) -> SearchContext:
     """Create the study (or load it by name to resume) and top its tickets up to the budget.
@@ -258,7 +283,9 @@ def create_or_resume(
     the space, the data and the objectives are checked: an unknown task, or a metric the
     task's kind does not report (``income:mse`` on a binary task), is a :class:`UserError`.
     ``given`` names the settings the user chose explicitly: resuming a study with another
-    ``sampler`` or ``seed`` among them is refused. ``threads`` is recorded with every trial.
+    ``sampler`` or ``seed`` among them is refused; ``pruning`` not among them keeps the
+    study's stored pruning (its rungs and the decisions made on them), and a given one that
+    moves a MOASHA study's rungs is refused. ``threads`` is recorded with every trial.
     """
     check_environment()
     checked = _context(None, settings, heartbeat, threads=threads)
@@ -284,7 +311,7 @@ def create_or_resume(
             **{
                 **asdict(stored),
                 "n_trials": settings.n_trials,
-                "pruning": settings.pruning,
+                "pruning": settings.pruning if "pruning" in given else stored.pruning,
                 "objectives": stored.objectives,
             }
         )
@@ -301,7 +328,9 @@ def create_or_resume(
                 )
         study.set_user_attr(RECIPE_ATTR, settings.to_json())  # the budget may have changed
         ctx.study = optuna.load_study(
-            study_name=study_name, storage=storage, sampler=make_sampler(settings, len(ctx.references))
+            study_name=study_name,
+            storage=storage,
+            sampler=make_sampler(settings, len(ctx.references), ctx.objectives),
         )
         if ctx.study.metric_names is None:  # made before objectives were named
             _name_objectives(ctx.study, list(stored.objectives))
@@ -316,7 +345,7 @@ def create_or_resume(
             study_name=study_name,
             storage=storage,
             directions=[o.direction for o in objectives],
-            sampler=make_sampler(settings, len(data_ctx.references)),
+            sampler=make_sampler(settings, len(data_ctx.references), objectives),
         )
         _name_objectives(study, [o.name for o in objectives])
         study.set_user_attr("uid", uuid.uuid4().hex)  # tells same-named studies apart (tracking)
@@ -373,14 +402,31 @@ def join(
     ctx.study = optuna.load_study(
         study_name=study_name,
         storage=storage,
-        sampler=SAMPLERS[settings.sampler](sampler_seed, settings.n_trials, len(ctx.references)),
+        sampler=make_sampler(settings, len(ctx.references), ctx.objectives, seed=sampler_seed),
     )
     return ctx
 
 
-def make_sampler(settings: SearchSettings, n_refs: int) -> optuna.samplers.BaseSampler:
-    """The study's sampler; ``n_refs`` enqueued reference trials do not count as start-up."""
-    return SAMPLERS[settings.sampler](settings.seed, settings.n_trials, n_refs)
+def make_sampler(
+    settings: SearchSettings,
+    n_refs: int,
+    objectives: Sequence[Objective] = (),
+    seed: int | None = None,
+) -> optuna.samplers.BaseSampler:
+    """The study's sampler; ``n_refs`` enqueued reference trials do not count as start-up.
+    ``seed``: the sampler's seed (default the study's).
+
+    Wrapped in :class:`~mtlsearch.search._sampling.PrunedAsComplete` (given the study's
+    ``objectives``) so that TPE and NSGA-II learn from pruned trials' last rung values when
+    the study prunes; NSGA-II is always wrapped so that it does not see the reference
+    trials, which have no sampled parameters and would empty its search space. TPE and
+    random without pruning are Optuna's own, unwrapped.
+    """
+    sampler = SAMPLERS[settings.sampler](settings.seed if seed is None else seed, settings.n_trials, n_refs)
+    prunes = pruning_method(settings.pruning) != "none"
+    if settings.sampler == "nsga2" or (settings.sampler == "tpe" and prunes):
+        return PrunedAsComplete(sampler, objectives, hide_unsampled=settings.sampler == "nsga2")
+    return sampler
 
 
 # ---- tickets and counting -------------------------------------------------------------------
@@ -463,6 +509,7 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
         # First thing: a RUNNING trial without a worker was lost between Optuna's ask and
         # this line (see _worker.reap).
         trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+        config: Any = None
         try:
             name = trial.user_attrs.get(PRESET_ATTR)
             if name:
@@ -483,9 +530,12 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
                     )
             for obs in ctx.observers:
                 obs.on_trial_start(trial, config)
-            callbacks: list[Callable[[Any], None]] = [PruningCallback(trial, ctx.objectives, ctx.pruning)]
+            rule = ctx.pruning
+            epochs = config.training.epochs
+            callbacks: list[Callable[[Any], None]] = [PruningCallback(trial, ctx.objectives, rule, epochs)]
             callbacks += [(lambda report, o=o: o.on_epoch(trial, report)) for o in ctx.observers]
-            result = fit(config, ctx.data, callbacks=callbacks, progress=False)
+            rows = fraction_rows(rule, epochs, len(ctx.data.train), ctx.settings.seed)
+            result = fit(config, ctx.data, callbacks=callbacks, progress=False, epoch_rows=rows)
             costs = {"params": float(result.n_params)}
             if any(o.name == "latency" for o in ctx.objectives):
                 costs["latency"] = measure_latency(result.model, ctx.data)
@@ -504,13 +554,52 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
             trial.set_user_attr("costs", costs)
             ctx.results[trial.number] = result
             return values
-        except (optuna.TrialPruned, StorageUnavailable):
+        except optuna.TrialPruned:
+            if config is not None:
+                _record_pruned_size(trial, config)
+            raise
+        except StorageUnavailable:
             raise
         except Exception as exc:
             trial.set_user_attr(FAIL_ATTR, _fail_reason(exc))  # the runner keeps the traceback
             raise
 
     return objective
+
+
+def fraction_rows(
+    rule: PruningRule | None, epochs: int, n_rows: int, seed: int
+) -> Callable[[int], Any] | None:
+    """The trainer's ``epoch_rows`` hook for MOASHA's data-fraction fidelity, or None.
+
+    With ``rung_fraction`` F the epochs up to and including rung 0 train on the same
+    ``max(1, round(F * n_rows))`` training rows in every trial (a subsample drawn once with
+    ``seed``, kept in row order), so that the rung-0 comparison is between equals; later
+    epochs use every row. No rung before the last epoch, or no F: None (all rows, always).
+    """
+    if not isinstance(rule, MOASHAPruning):
+        return None
+    low = rule.fraction_epochs(epochs)
+    if low == 0:
+        return None
+    import torch
+
+    k = max(1, round(float(rule.rung_fraction) * n_rows))  # type: ignore[arg-type]
+    idx = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+    return lambda epoch: idx if epoch < low else None
+
+
+def _record_pruned_size(trial: optuna.Trial, config: Any) -> None:
+    """A pruned trial's parameter count (user attr ``n_params``, counted on the meta device),
+    so that samplers can show its ``params`` objective (see ``_sampling``)."""
+    if "n_params" in trial.user_attrs:
+        return
+    from mtlsearch.train import estimate_memory
+
+    try:
+        trial.set_user_attr("n_params", estimate_memory(config).n_parameters)
+    except Exception as exc:  # a count is a nicety: never turn a prune into a failure
+        logger.debug("trial %d: could not count parameters of a pruned trial: %s", trial.number, exc)
 
 
 def settings_of(study: optuna.Study) -> SearchSettings:
