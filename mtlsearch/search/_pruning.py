@@ -206,6 +206,6 @@ class PruningCallback:
         )
         reason = self.rule.check(state)
         if reason is not None:
-            logger.info("trial %d pruned: %s", self.trial.number, reason)
+            logger.debug("trial %d pruned: %s", self.trial.number, reason)  # the worker logs it at INFO
             self.trial.set_user_attr(PRUNED_REASON_ATTR, reason)
             raise optuna.TrialPruned(reason)
