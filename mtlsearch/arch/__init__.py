@@ -13,12 +13,13 @@ from mtlsearch.arch._config import (
     TaskSpec,
     TowerConfig,
 )
-from mtlsearch.arch._layers import BatchedMLP
+from mtlsearch.arch._layers import GATES, BatchedMLP
 from mtlsearch.arch._model import MTLNetwork, build_model, count_parameters
 from mtlsearch.arch._presets import PRESETS, preset
 
 __all__ = [
     "ACTIVATIONS",
+    "GATES",
     "PRESETS",
     "ArchConfig",
     "BatchedMLP",

@@ -12,7 +12,7 @@ a :class:`ConfigError` naming the field path (``levels[1].n_specific[0]``).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -23,11 +23,38 @@ from mtlsearch._yaml import dump_yaml, load_yaml, read_yaml_file
 TaskKind = Literal["binary", "regression", "multiclass"]
 GateSelect = Literal["own+shared", "shared", "all"]
 GateInput = Literal["level", "raw"]
-GateKind = Literal["softmax", "topk", "none"]
+GateKind = Literal["softmax", "topk", "none", "dselect_k", "noisy_top_k"]
 GateSharing = Literal["per_task", "single"]
 Norm = Literal["none", "batch"]
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid", "identity")
+
+#: Gate kinds that keep ``top_k`` of the experts a gate sees: ``top_k`` may not exceed the
+#: smallest selection (a DSelect-k gate's ``top_k`` selectors may pick the same expert, so
+#: it has no such bound).
+TOP_K_BOUNDED_GATES = frozenset({"topk", "noisy_top_k"})
+#: Gate kinds that read ``top_k``.
+TOP_K_GATES = TOP_K_BOUNDED_GATES | {"dselect_k"}
+
+
+def _number_at_least(low: float, strict: bool) -> Callable[[Any, str], float]:
+    def check(value: Any, path: str) -> float:
+        number = as_float(value, path, ConfigError)
+        ok = number > low if strict else number >= low
+        _check(ok, path, f"must be {'>' if strict else '>='} {low:g}, got {value!r}")
+        return number
+
+    return check
+
+
+#: The gates' real-valued level fields and their checks: each reads a number (a numeric
+#: string such as ``'1e-2'`` from YAML included) and returns it as a float, or raises a
+#: ConfigError naming the field path.
+LEVEL_NUMBERS: dict[str, Callable[[Any, str], float]] = {
+    "balance_weight": _number_at_least(0.0, strict=False),
+    "smooth_step_gamma": _number_at_least(0.0, strict=True),
+    "entropy_weight": _number_at_least(0.0, strict=False),
+}
 
 
 class ConfigError(UserError, ValueError):
@@ -135,8 +162,24 @@ class LevelConfig:
     task (PLE's progressive routing) or the raw network input. ``gate_sharing='single'``
     uses one gate for every task (OMoE). ``gate_kind='none'`` averages the selected experts
     with no parameters (shared-bottom and single-task use it with one expert).
-    ``norm='batch'`` batch-normalises every expert hidden layer and every gate's logits
-    before their activation (torch-rechub's and DeepCTR's PLE/MMoE layout).
+    ``norm='batch'`` batch-normalises every expert hidden layer and the logits of every
+    softmax or top-k gate before their activation (torch-rechub's and DeepCTR's PLE/MMoE
+    layout); DSelect-k and noisy top-k logits are never normalised (a batch norm would hold
+    DSelect-k's logits inside the smooth step's band, and rescale noisy top-k's noise).
+
+    Gate kinds (``mtlsearch.arch._layers.GATES``):
+
+    * ``softmax``: ``softmax(W x)`` over the selected experts (MMoE/PLE).
+    * ``topk``: the ``top_k`` largest logits, softmax over them, zero elsewhere.
+    * ``none``: the plain mean of the selected experts, no parameters.
+    * ``dselect_k`` (Hazimeh et al., NeurIPS 2021): ``top_k`` single-expert selectors, each
+      a binary code of ``ceil(log2 n)`` smooth-step outputs (width ``smooth_step_gamma``),
+      mixed by a softmax over the selectors: the weights sum to 1, and once every code
+      logit lies outside ``[-gamma/2, gamma/2]`` at most ``top_k`` of them are non-zero.
+      ``entropy_weight`` > 0 adds the paper's entropy regulariser (training only).
+    * ``noisy_top_k`` (Shazeer et al., ICLR 2017): ``topk`` over logits with learned
+      Gaussian noise in training (none in eval), plus the load-balancing loss
+      ``balance_weight * (CV(importance)^2 + CV(load)^2)`` per gate.
     """
 
     n_shared: int
@@ -151,6 +194,9 @@ class LevelConfig:
     top_k: int = 2
     gate_sharing: GateSharing = "per_task"
     norm: Norm = "none"
+    balance_weight: float = 0.01
+    smooth_step_gamma: float = 1.0
+    entropy_weight: float = 0.0
 
     @property
     def out_dim(self) -> int:
@@ -206,8 +252,21 @@ class LevelConfig:
                 f"{path}.n_specific[{k}]" if self.select == "own+shared" else f"{path}.n_shared",
                 f"the gate of task {k} sees no expert (select={self.select!r})",
             )
-        if self.gate_kind == "topk":
-            _check(self.top_k >= 1, f"{path}.top_k", f"must be >= 1, got {self.top_k}")
+        for key, check in LEVEL_NUMBERS.items():
+            value = getattr(self, key)
+            _check(
+                isinstance(value, int | float) and not isinstance(value, bool),
+                f"{path}.{key}",
+                f"expected a number, got {value!r}",
+            )
+            check(value, f"{path}.{key}")
+        if self.gate_kind in TOP_K_GATES:
+            _check(
+                isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 1,
+                f"{path}.top_k",
+                f"must be an integer >= 1, got {self.top_k!r}",
+            )
+        if self.gate_kind in TOP_K_BOUNDED_GATES:
             smallest = min(len(self.task_selection(k)) for k in range(n_tasks))
             if self.shared_gate:
                 smallest = min(smallest, self.n_experts)
@@ -401,6 +460,8 @@ def _build(cls: type, data: Any, path: str) -> Any:
         value = data[f.name]
         if f.name in _TUPLE_FIELDS:
             value = tuple(_expect_list(value, f"{path}.{f.name}"))
+        elif cls is LevelConfig and f.name in LEVEL_NUMBERS:
+            value = LEVEL_NUMBERS[f.name](value, f"{path}.{f.name}")
         kwargs[f.name] = value
     try:
         return cls(**kwargs)
@@ -415,6 +476,9 @@ def _build(cls: type, data: Any, path: str) -> Any:
 
 __all__ = [
     "ACTIVATIONS",
+    "LEVEL_NUMBERS",
+    "TOP_K_BOUNDED_GATES",
+    "TOP_K_GATES",
     "ArchConfig",
     "CategoricalFeature",
     "ConfigError",

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from mtlsearch.arch._config import CategoricalFeature, InputSpec
+from mtlsearch.arch._config import CategoricalFeature, InputSpec, LevelConfig
 
 ACTIVATION_FNS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": torch.relu,
@@ -212,21 +213,217 @@ class InputEncoder(nn.Module):
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-# ---- gates -------------------------------------------------------------------------------
-# A gate function maps logits over the selected experts (B, n_sel) to mixing weights that
-# sum to 1 over the selection. Dispatch is a table, so a new gate kind is one entry.
+# ---- gates ------------------------------------------------------------------------------
+# A gate reads a routing input (B, in) and gives mixing weights over the experts it selects,
+# (B, n_sel), summing to 1 over the selection, plus an auxiliary loss (0-d, already weighted)
+# or None. Dispatch is a table, so a new gate kind is one entry of GATES.
+
+GateOutput = tuple[Tensor, Tensor | None]
 
 
-def _softmax_gate(logits: Tensor, top_k: int) -> Tensor:
-    return torch.softmax(logits, dim=-1)
+def _softmax_gate(logits: Tensor, n_experts: int, cfg: LevelConfig, training: bool) -> GateOutput:
+    return torch.softmax(logits, dim=-1), None
 
 
-def _topk_gate(logits: Tensor, top_k: int) -> Tensor:
+def _topk_weights(logits: Tensor, top_k: int) -> Tensor:
     values, idx = logits.topk(top_k, dim=-1)
     return torch.zeros_like(logits).scatter(-1, idx, torch.softmax(values, dim=-1))
 
 
-GATE_FNS: dict[str, Callable[[Tensor, int], Tensor]] = {
-    "softmax": _softmax_gate,
-    "topk": _topk_gate,
+def _topk_gate(logits: Tensor, n_experts: int, cfg: LevelConfig, training: bool) -> GateOutput:
+    return _topk_weights(logits, cfg.top_k), None
+
+
+def _mean_gate(x: Tensor, n_experts: int, cfg: LevelConfig, training: bool) -> GateOutput:
+    return x.new_full((x.shape[0], n_experts), 1.0 / n_experts), None
+
+
+# ---- DSelect-k (Hazimeh et al., NeurIPS 2021) ----
+
+
+def smooth_step(z: Tensor, gamma: float) -> Tensor:
+    """The cubic smooth step of DSelect-k (Hazimeh et al. 2021; from Hazimeh et al. 2020):
+    0 for ``z <= -gamma/2``, 1 for ``z >= gamma/2``, ``-2 z^3 / gamma^3 + 3 z / (2 gamma) + 1/2``
+    in between. Exactly 0 or 1 outside the band, continuously differentiable everywhere."""
+    poly = -2.0 / gamma**3 * z**3 + 1.5 / gamma * z + 0.5
+    return torch.where(z <= -gamma / 2, 0.0, torch.where(z >= gamma / 2, 1.0, poly))
+
+
+def dselect_code_bits(n_experts: int) -> int:
+    """``m = ceil(log2 n)``: the binary digits a single-expert selector uses (0 for one expert)."""
+    return math.ceil(math.log2(n_experts)) if n_experts > 1 else 0
+
+
+def dselect_selectors(z: Tensor, n_experts: int, gamma: float) -> Tensor:
+    """Each single-expert selector's weights over the experts.
+
+    ``z``: code logits ``(B, k, m)``, ``m = ceil(log2 n)``; returns ``(B, k, n)``. Code ``c``
+    (binary digits ``c_1..c_m``, most significant first) gets ``prod_j S(z_j)^c_j
+    (1 - S(z_j))^(1 - c_j)`` (the paper's ``r(z)``), so the ``2^m`` code weights sum to 1.
+    When ``n`` is not a power of 2 the unused codes ``c >= n`` are masked out of the
+    expert list and their weight is moved to code ``c - 2^(m-1)`` (the same code without
+    its leading digit, always a valid expert): each selector's weights over the ``n``
+    experts then sum to exactly 1 at every step, and a selector with binary outputs still
+    picks exactly one expert. (The reference code instead drops the unused codes and adds a
+    ``1 / sum`` penalty, so its weights sum to less than 1 until training moves the mass.)
+    """
+    m = z.shape[-1]
+    s = smooth_step(z, gamma)
+    # the 2^m code weights, built one digit at a time (index = the code, leading digit first)
+    per_code = s.new_ones((*s.shape[:-1], 1))
+    for j in range(m):
+        digit = s[..., j : j + 1]
+        per_code = torch.stack([per_code * (1.0 - digit), per_code * digit], dim=-1).flatten(-2)
+    if n_experts == 2**m:
+        return per_code
+    unused = 2**m - n_experts
+    valid = per_code[..., :n_experts]
+    folded = per_code[..., n_experts:]  # codes n..2^m-1 -> experts n-2^(m-1) .. 2^(m-1)-1
+    start = n_experts - 2 ** (m - 1)
+    middle = valid[..., start : start + unused] + folded
+    return torch.cat([valid[..., :start], middle, valid[..., start + unused :]], dim=-1)
+
+
+class DSelectKLogits(nn.Linear):
+    """The per-example DSelect-k gate's parameters: one linear map giving ``k * m`` code
+    logits then ``k`` selector logits (the reference's two dense layers, side by side).
+    Initialised as the reference code: the code part ``U(-gamma/100, gamma/100)`` (every
+    smooth step starts near 1/2, so every expert starts with some weight), the selector part
+    ``U(-0.05, 0.05)``."""
+
+    def __init__(self, in_dim: int, n_experts: int, cfg: LevelConfig) -> None:
+        self.k, self.m = cfg.top_k, dselect_code_bits(n_experts)
+        self.gamma = cfg.smooth_step_gamma
+        super().__init__(in_dim, self.k * (self.m + 1))
+
+    def reset_parameters(self) -> None:
+        codes = self.k * self.m
+        with torch.no_grad():
+            for part, bound in ((slice(0, codes), self.gamma / 100), (slice(codes, None), 0.05)):
+                nn.init.uniform_(self.weight[part], -bound, bound)
+                nn.init.uniform_(self.bias[part], -bound, bound)
+
+
+def dselect_weights(logits: Tensor, n_experts: int, k: int, gamma: float) -> tuple[Tensor, Tensor]:
+    """DSelect-k's mixing weights ``(B, n)`` and its selectors' weights ``(B, k, n)``.
+
+    ``logits`` ``(B, k * m + k)``: the code logits ``z`` (``(B, k, m)`` row-major), then the
+    selector logits ``w``; ``weights = sum_i softmax(w)_i * selector_i``."""
+    m = dselect_code_bits(n_experts)
+    z = logits[:, : k * m].reshape(logits.shape[0], k, m)
+    alpha = torch.softmax(logits[:, k * m :], dim=-1)  # (B, k)
+    selectors = dselect_selectors(z, n_experts, gamma)
+    return torch.einsum("bk,bkn->bn", alpha, selectors), selectors
+
+
+#: Added inside the log of DSelect-k's entropy regulariser (the reference code's EPSILON).
+ENTROPY_EPSILON = 1e-6
+
+
+def _dselect_gate(logits: Tensor, n_experts: int, cfg: LevelConfig, training: bool) -> GateOutput:
+    weights, selectors = dselect_weights(logits, n_experts, cfg.top_k, cfg.smooth_step_gamma)
+    if not training or cfg.entropy_weight == 0:
+        return weights, None
+    # The entropy regulariser of the paper's reference code: each selector's entropy, summed
+    # over the selectors and averaged over the rows (the reference sums over the rows too;
+    # the mean keeps the weight independent of the batch size).
+    entropy = -(selectors * torch.log(selectors + ENTROPY_EPSILON)).sum((1, 2)).mean()
+    return weights, cfg.entropy_weight * entropy
+
+
+# ---- noisy top-k with load balancing (Shazeer et al., ICLR 2017) ----
+
+#: Added to the noise scale ``softplus(x W_noise)`` so that it never reaches 0 (a division
+#: by it in the load's normal CDF); tensor2tensor's ``noisy_top_k_gating`` uses the same.
+NOISE_EPSILON = 1e-2
+#: Keeps ``CV^2 = var / mean^2`` finite when every importance or load is 0.
+CV_EPSILON = 1e-10
+
+
+class NoisyTopKLogits(nn.Linear):
+    """The noisy top-k gate's parameters ``[W_g | W_noise]``: one linear map giving the
+    ``n`` clean logits then the ``n`` raw noise scales. Zero-initialised, as in the paper's
+    appendix A (no signal, only noise at the start, so every expert starts with the same
+    load)."""
+
+    def __init__(self, in_dim: int, n_experts: int, cfg: LevelConfig) -> None:
+        super().__init__(in_dim, 2 * n_experts)
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+
+def cv_squared(x: Tensor) -> Tensor:
+    """Squared coefficient of variation ``var(x) / (mean(x)^2 + 1e-10)`` of a 1-d tensor
+    (population variance; 0 for one element)."""
+    return x.var(unbiased=False) / (x.mean() ** 2 + CV_EPSILON)
+
+
+def load_balancing_loss(
+    clean: Tensor, noisy: Tensor, noise_std: Tensor, weights: Tensor, top_k: int
+) -> Tensor:
+    """``CV(Importance)^2 + CV(Load)^2`` (Shazeer et al. 2017, sec. 4 and appendix A), unweighted.
+
+    ``clean`` ``(B, n)`` the logits ``x W_g``, ``noisy`` ``H(x)`` the same plus noise,
+    ``noise_std`` the noise scale, ``weights`` the gate's output ``G(x)``.
+    Importance is ``sum_x G(x)``; Load is ``sum_x P(x, i)``, with ``P(x, i) = Phi((clean_i -
+    kth_excluding(H(x), k, i)) / noise_std_i)`` the probability that expert ``i`` stays in
+    the top ``k`` under a new draw of its own noise, the others' held: the threshold is the
+    ``k+1``-th largest of ``H(x)`` for an expert now in the top ``k``, else the ``k``-th.
+    With ``k = n`` every expert is always kept, so Load is constant and adds 0.
+    """
+    loss = cv_squared(weights.sum(0))
+    n = clean.shape[-1]
+    if top_k < n:
+        top = noisy.topk(top_k + 1, dim=-1).values
+        threshold_in, threshold_out = top[:, top_k : top_k + 1], top[:, top_k - 1 : top_k]
+        is_in = noisy > threshold_in
+        threshold = torch.where(is_in, threshold_in, threshold_out)
+        prob = torch.special.ndtr((clean - threshold) / noise_std)  # the standard normal CDF
+        loss = loss + cv_squared(prob.sum(0))
+    return loss
+
+
+def _noisy_top_k_gate(logits: Tensor, n_experts: int, cfg: LevelConfig, training: bool) -> GateOutput:
+    clean = logits[:, :n_experts]
+    if not training:  # no noise and no loss at evaluation: the clean logits' top-k
+        return _topk_weights(clean, cfg.top_k), None
+    noise_std = nn.functional.softplus(logits[:, n_experts:]) + NOISE_EPSILON
+    noisy = clean + torch.randn_like(clean) * noise_std  # the global RNG (the trainer seeds it)
+    weights = _topk_weights(noisy, cfg.top_k)
+    if cfg.balance_weight == 0:
+        return weights, None
+    return weights, cfg.balance_weight * load_balancing_loss(clean, noisy, noise_std, weights, cfg.top_k)
+
+
+@dataclass(frozen=True)
+class GateKindSpec:
+    """How one ``gate_kind`` is built and applied.
+
+    ``build(in_dim, n_experts, cfg)`` makes the module that maps the routing input to the
+    gate's logits; ``weights(logits, n_experts, cfg, training)`` turns them into mixing
+    weights ``(B, n_experts)`` and an auxiliary loss (or None); ``batch_norm``: whether
+    ``norm='batch'`` normalises the logits (``n_experts`` wide) first.
+    """
+
+    build: Callable[[int, int, LevelConfig], nn.Module]
+    weights: Callable[[Tensor, int, LevelConfig, bool], GateOutput]
+    batch_norm: bool = False
+
+
+def _linear(in_dim: int, n_experts: int, cfg: LevelConfig) -> nn.Module:
+    return nn.Linear(in_dim, n_experts)
+
+
+def _no_parameters(in_dim: int, n_experts: int, cfg: LevelConfig) -> nn.Module:
+    return nn.Identity()
+
+
+GATES: dict[str, GateKindSpec] = {
+    "softmax": GateKindSpec(_linear, _softmax_gate, batch_norm=True),
+    "topk": GateKindSpec(_linear, _topk_gate, batch_norm=True),
+    "none": GateKindSpec(_no_parameters, _mean_gate),
+    "dselect_k": GateKindSpec(DSelectKLogits, _dselect_gate),
+    "noisy_top_k": GateKindSpec(NoisyTopKLogits, _noisy_top_k_gate),
 }

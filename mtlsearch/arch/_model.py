@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlsearch.arch._config import ArchConfig, LevelConfig, TowerConfig
-from mtlsearch.arch._layers import GATE_FNS, BatchedMLP, InputEncoder, RowSafeBatchNorm
+from mtlsearch.arch._layers import GATES, BatchedMLP, InputEncoder, RowSafeBatchNorm
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,15 @@ class ExtractionLevel(nn.Module):
         for i, spec in enumerate(specs):
             self.register_buffer(f"sel_{i}", torch.tensor(spec.selection), persistent=False)
         gate_in = raw_dim if raw else in_dim
-        self.gates = nn.ModuleList(
-            nn.Identity() if cfg.gate_kind == "none" else nn.Linear(gate_in, len(s.selection)) for s in specs
-        )
+        self._gate = GATES[cfg.gate_kind]
+        self.gates = nn.ModuleList(self._gate.build(gate_in, len(s.selection), cfg) for s in specs)
         # Batch norm on a gate's logits (torch-rechub's gates are Linear -> BatchNorm -> softmax).
-        norm_gates = cfg.norm == "batch" and cfg.gate_kind != "none"
+        norm_gates = cfg.norm == "batch" and self._gate.batch_norm
         self.gate_norms = nn.ModuleList(
             RowSafeBatchNorm(len(s.selection)) if norm_gates else nn.Identity() for s in specs
         )
+        # The gates' auxiliary loss of the last training-mode forward (None: no gate has one).
+        self.aux_loss: Tensor | None = None
 
     def _expert_outputs(self, inputs: list[Tensor]) -> Tensor:
         if self.first:
@@ -77,16 +78,16 @@ class ExtractionLevel(nn.Module):
         # Experts are ordered by the input they read (task 0's, ..., shared): one GEMM per input.
         return self.experts(inputs, self._input_groups[: len(inputs)])
 
-    def _weights(self, i: int, spec: _GateSpec, inputs: list[Tensor], raw: Tensor) -> Tensor:
-        """Dense mixing weights (B, E): zero outside the gate's selection."""
+    def _weights(
+        self, i: int, spec: _GateSpec, inputs: list[Tensor], raw: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """Dense mixing weights (B, E), zero outside the gate's selection, and the gate's
+        auxiliary loss (or None)."""
         sel = getattr(self, f"sel_{i}")
-        batch = raw.shape[0]
-        if self.cfg.gate_kind == "none":
-            w = raw.new_full((batch, len(spec.selection)), 1.0 / len(spec.selection))
-        else:
-            x = raw if spec.source is None else inputs[0 if self.first else spec.source]
-            w = GATE_FNS[self.cfg.gate_kind](self.gate_norms[i](self.gates[i](x)), self.cfg.top_k)
-        return raw.new_zeros(batch, self.cfg.n_experts).index_copy(1, sel, w)
+        x = raw if spec.source is None else inputs[0 if self.first else spec.source]
+        logits = self.gate_norms[i](self.gates[i](x))
+        w, aux = self._gate.weights(logits, len(spec.selection), self.cfg, self.training)
+        return raw.new_zeros(raw.shape[0], self.cfg.n_experts).index_copy(1, sel, w), aux
 
     def forward(
         self, inputs: list[Tensor], raw: Tensor
@@ -94,12 +95,16 @@ class ExtractionLevel(nn.Module):
         """``inputs``: one tensor per source (T tasks, then shared if any); ``raw``: encoded input.
 
         Returns the per-task fused outputs, the shared fused output (or None) and the dense
-        gate weights by gate name.
+        gate weights by gate name. The gates' summed auxiliary loss (training mode only) is
+        left in ``aux_loss``.
         """
         experts = self._expert_outputs(inputs)  # (E, B, D)
-        weights = torch.stack(
-            [self._weights(i, s, inputs, raw) for i, s in enumerate(self.gate_specs)]
-        )  # (G, B, E)
+        per_gate = [self._weights(i, s, inputs, raw) for i, s in enumerate(self.gate_specs)]
+        weights = torch.stack([w for w, _ in per_gate])  # (G, B, E)
+        auxes = [a for _, a in per_gate if a is not None]
+        aux = torch.stack(auxes).sum() if auxes else None
+        if aux is not None or self.aux_loss is not None:  # no write when there is nothing to keep
+            self.aux_loss = aux
         fused = torch.einsum("gbe,ebd->gbd", weights, experts)
         by_name = {s.name: fused[i] for i, s in enumerate(self.gate_specs)}
         tasks = (
@@ -180,6 +185,19 @@ class MTLNetwork(nn.Module):
 
     def forward(self, numeric: Tensor, categorical: Tensor) -> dict[str, Tensor]:
         return self.forward_with_gates(numeric, categorical)[0]
+
+    def auxiliary_loss(self) -> Tensor | None:
+        """The gates' auxiliary loss of the last forward, already weighted (0-d), to add
+        to the training loss: noisy top-k's load-balancing loss (``balance_weight``) and
+        DSelect-k's entropy regulariser (``entropy_weight``), summed over every gate.
+
+        None when no gate has one (softmax, top-k and mean gates, a zero weight) and after
+        an eval-mode forward (the gates add no noise and compute no loss there).
+        """
+        auxes = [lv.aux_loss for lv in self.levels if lv.aux_loss is not None]
+        if not auxes:
+            return None
+        return auxes[0] if len(auxes) == 1 else torch.stack(auxes).sum()
 
 
 def build_model(config: ArchConfig, seed: int | None = None) -> MTLNetwork:

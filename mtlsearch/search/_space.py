@@ -36,7 +36,7 @@ import json
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -53,7 +53,15 @@ from mtlsearch.arch import (
     TowerConfig,
     preset,
 )
-from mtlsearch.arch._config import GateInput, GateKind, GateSelect, GateSharing, Norm
+from mtlsearch.arch._config import (
+    LEVEL_NUMBERS,
+    TOP_K_BOUNDED_GATES,
+    GateInput,
+    GateKind,
+    GateSelect,
+    GateSharing,
+    Norm,
+)
 
 # ---- parameters ---------------------------------------------------------------------------
 
@@ -431,6 +439,7 @@ _LEVEL_KEYS = {
     "top_k",
     "gate_sharing",
     "norm",
+    *LEVEL_NUMBERS,  # the gates' real-valued settings: balance_weight, smooth_step_gamma, entropy_weight
 }
 _TOWER_KEYS = {"hidden", "activation", "dropout", "norm"}
 _TOWER_DEFAULTS: dict[str, Any] = {"hidden": (32,), "activation": "relu", "dropout": 0.0, "norm": "none"}
@@ -508,6 +517,7 @@ _LEVEL_DEFAULTS: dict[str, Any] = {
     "top_k": 2,
     "gate_sharing": "per_task",
     "norm": "none",
+    **{f.name: f.default for f in fields(LevelConfig) if f.name in LEVEL_NUMBERS},
 }
 
 
@@ -649,6 +659,11 @@ class SearchSpace:
         for v in self.levels.values():
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_LEVELS:
                 raise UserError(f"{src}: levels: needs integers from 1 to {MAX_LEVELS}, got {brief(v)}")
+        for key, check in LEVEL_NUMBERS.items():
+            for v in self.level[key].values():
+                if isinstance(v, bool) or not isinstance(v, int | float | str):
+                    raise UserError(f"{src}: level.{key}: needs numbers, got {brief(v)}")
+                check(v, f"{src}: level.{key}")
         for key in ("n_shared", "n_specific", "top_k"):
             for v in self.level[key].values():
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -762,12 +777,14 @@ class SearchSpace:
         """Deterministic repairs: ``shared_gate: auto`` means every level but the top (PLE's
         rule), and the top level never has one; ``top_k`` is capped at the smallest selection a gate sees."""
         lv = dict(lv)
+        for key, check in LEVEL_NUMBERS.items():  # a constant may be a numeric string ('1e-2')
+            lv[key] = check(lv[key], f"level.{key}")
         if lv["shared_gate"] == "auto":
             lv["shared_gate"] = above is not None
         elif above is None:
             lv["shared_gate"] = False
         cfg = LevelConfig(**lv)
-        if cfg.gate_kind == "topk":
+        if cfg.gate_kind in TOP_K_BOUNDED_GATES:
             sizes = [len(cfg.task_selection(k)) for k in range(len(tasks))]
             if cfg.shared_gate:
                 sizes.append(cfg.n_experts)

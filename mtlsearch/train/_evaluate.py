@@ -83,6 +83,9 @@ def scale_labels(split: TensorSplit, scaling: Mapping[str, tuple[float, float]])
     return replace(split, labels=labels)
 
 
+_PerExpert = dict[str, dict[str, float]]  # {gate: {expert: value}}
+
+
 class Evaluator:
     """Metrics of a model on one split, per task, on the task's unmasked samples only.
 
@@ -136,19 +139,32 @@ class Evaluator:
         """Each task's primary metric rescaled to 0 = uninformed, 1 = perfect."""
         return {t.name: TASK_KINDS[t.kind].skill(metrics[t.name], self.labels[t.name]) for t in self.tasks}
 
-    @torch.no_grad()
     def utilisation(self, model: nn.Module) -> dict[str, dict[str, float]]:
         """Mean gate weight per expert for every gate, over all rows of the split.
 
         Keys ``"level<l>/<gate>"`` (as ``forward_with_gates`` names them), values
         ``{expert name: mean weight}`` over the experts the gate may select; the PLE paper's
-        expert-utilisation analysis. Empty for a model without gates.
+        expert-utilisation analysis. Evaluated in eval mode, so a noisy top-k gate adds no
+        noise. Empty for a model without gates.
         """
+        return self._gate_means(model)[0]
+
+    def routing_share(self, model: nn.Module) -> dict[str, dict[str, float]]:
+        """Share of the split's rows whose gate gives each expert a non-zero weight, keyed as
+        :meth:`utilisation`: how often a sparse gate (top-k, noisy top-k, DSelect-k once its
+        selectors are binary) routes a row to the expert at all (1.0 for every expert of a
+        softmax gate). Empty for a model without gates."""
+        return self._gate_means(model)[1]
+
+    @torch.no_grad()
+    def _gate_means(self, model: nn.Module) -> tuple[_PerExpert, _PerExpert]:
+        """Per gate and selectable expert: the mean weight and the share of rows routed."""
         if not hasattr(model, "forward_with_gates"):
-            return {}
+            return {}, {}
         was_training = model.training
         model.eval()
         sums: dict[str, Tensor] = {}
+        routed: dict[str, Tensor] = {}
         n = len(self.split)
         try:
             for i in range(0, n, EVAL_BATCH):
@@ -157,18 +173,21 @@ class Evaluator:
                     self.split.categorical[i : i + EVAL_BATCH],
                 )
                 for name, w in gates.items():
-                    s = w.double().sum(0)
+                    s, r = w.double().sum(0), (w > 0).sum(0, dtype=torch.float64)
                     sums[name] = s if name not in sums else sums[name] + s
+                    routed[name] = r if name not in routed else routed[name] + r
         finally:
             model.train(was_training)
-        out: dict[str, dict[str, float]] = {}
+        means: _PerExpert = {}
+        shares: _PerExpert = {}
         for name, total in sums.items():
             level = int(name.split("/", 1)[0].removeprefix("level"))
             experts = model.expert_names(level)
             selection = _selection(model, level, name.split("/", 1)[1], len(experts))
-            mean = (total / max(n, 1)).tolist()
-            out[name] = {experts[e]: mean[e] for e in selection}
-        return out
+            mean, share = (total / max(n, 1)).tolist(), (routed[name] / max(n, 1)).tolist()
+            means[name] = {experts[e]: mean[e] for e in selection}
+            shares[name] = {experts[e]: share[e] for e in selection}
+        return means, shares
 
 
 def _selection(model: nn.Module, level: int, gate: str, n_experts: int) -> list[int]:

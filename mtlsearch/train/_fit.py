@@ -261,11 +261,23 @@ def _train_epoch(
     loss_rows = torch.zeros_like(loss_sum)  # rows per task, or total row weight
     weighted = [k for k, n in enumerate(names) if n in train.weights]
     total_sum, rows = 0.0, 0
+    aux_sum, aux_rows = 0.0, 0  # the gates' auxiliary loss (load balancing), outside the weighting
+    auxiliary_loss = getattr(model, "auxiliary_loss", None)
     for b, batch in enumerate(train.batches(tc.batch_size, shuffle=True, generator=shuffle)):
         outputs = model(batch.numeric, batch.categorical)
         totals: dict[str, Tensor] = {}
         losses, counts = _masked_losses(outputs, batch, tasks, full, class_weights, totals)
         optimizer.zero_grad(set_to_none=True)
+        aux = auxiliary_loss() if auxiliary_loss is not None else None
+        if aux is not None:  # its gradient goes straight into .grad; the method's adds to it
+            aux_value = aux.item()
+            if not math.isfinite(aux_value):
+                raise TrainingDiverged(
+                    f"training diverged: the gates' auxiliary (load-balancing) loss became {aux_value} "
+                    f"at epoch {epoch + 1} (batch {b + 1})"
+                )
+            aux.backward(retain_graph=True)
+            aux_sum, aux_rows = aux_sum + aux_value * len(batch), aux_rows + len(batch)
         total = weighting.backward(losses, counts)  # the method accumulates .grad
         total_value = total.item()
         if not math.isfinite(total_value):
@@ -281,6 +293,8 @@ def _train_epoch(
         total_sum += total_value * len(batch)
         rows += len(batch)
         on_batch(total_sum / rows)
+    if aux_rows:
+        logger.debug("epoch %d: gates' auxiliary loss %.6g (mean per row)", epoch + 1, aux_sum / aux_rows)
     sums, denominators = loss_sum.tolist(), loss_rows.tolist()
     task_losses = {n: sums[k] / denominators[k] if denominators[k] else math.nan for k, n in enumerate(names)}
     return total_sum / max(rows, 1), task_losses
