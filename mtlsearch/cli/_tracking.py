@@ -49,16 +49,26 @@ def export(
         False, "--retrain", help="Train the config again when MLflow has no model for the trial."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
+    format_: str = typer.Option(
+        "pt2",
+        "--format",
+        help="Serving program: pt2 (torch.export), onnx (needs the package's onnx extra; "
+        "checked against eager PyTorch with ONNX Runtime) or both.",
+    ),
 ) -> None:
     """Pick one trial of a study and export its config, checkpoint and serving model."""
     from mtlsearch.search import default_storage_url, load_study, objectives_of, parse_pick, pick_trial
     from mtlsearch.tracking import export_pick
+    from mtlsearch.tracking._export import parse_format
 
-    rule = parse_pick(pick)  # a bad rule fails before the storage is opened
+    rule = parse_pick(pick)  # a bad rule or format fails before the storage is opened
+    formats = parse_format(format_)
     study = load_study(study_name, storage or default_storage_url())
     objectives = objectives_of(study)
     chosen = pick_trial(study, rule, objectives)
-    result = export_pick(study, chosen, out, tracking_uri=tracking_uri, retrain=retrain, overwrite=overwrite)
+    result = export_pick(
+        study, chosen, out, tracking_uri=tracking_uri, retrain=retrain, overwrite=overwrite, formats=formats
+    )
     t = chosen.trial
     table = Table(
         title=f"{study_name}: trial {t.number} ({t.user_attrs.get('preset', 'searched')}) by {rule.text}"
@@ -77,6 +87,10 @@ def export(
         + (f" ({result.checkpoint_source})" if result.checkpoint else "")
     )
     console.print(f"serving:    {result.serving or '-'}")
+    if result.onnx and result.serving != result.onnx:
+        console.print(f"onnx:       {result.onnx}")
+    if "onnx" in result.parity:
+        console.print(f"ONNX Runtime vs eager: max abs difference {result.parity['onnx']:.3g}")
     for note in result.notes:
         console.print(f"note: {note}")
 
