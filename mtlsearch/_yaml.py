@@ -85,6 +85,22 @@ class _GuardedLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        # A key written twice in one mapping: PyYAML keeps the last silently, so a config
+        # would train something other than what its first line says.
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key in seen:
+                    mark = key_node.start_mark
+                    raise UserError(
+                        f"{self._source}: line {mark.line + 1}, column {mark.column + 1}: key "
+                        f"{brief(key, 40)} appears twice in one mapping"
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
     def construct_object(self, node: Any, deep: bool = False) -> Any:
         # Scalars that resolve to a type but do not convert (``2024-13-45`` as a date,
         # an integer of 5,000 digits, ``!!float abc``) raise ValueError inside PyYAML;

@@ -259,8 +259,22 @@ def trial_params(config: dict[str, Any], preset: str | None) -> dict[str, str]:
     params = {"preset": preset or "searched", "n_levels": str(len(model.get("levels", [])))}
     params.update(flatten(_keyed_by_task(model), "model"))
     params.update(_input_params(model))
-    params.update(flatten(config.get("training", {}), "training"))
+    params.update(flatten(_options_by_method(config.get("training", {})), "training"))
     return params
+
+
+def _options_by_method(training: dict[str, Any]) -> dict[str, Any]:
+    """The training section with a balancing method's own options nested under the method's
+    name (``training.loss_weighting.gradnorm.alpha``), as the search space names them, so
+    that two methods' ``alpha`` never share one MLflow column."""
+    lw = training.get("loss_weighting")
+    if not isinstance(lw, dict) or "method" not in lw:
+        return training
+    shared = {k: v for k, v in lw.items() if k in ("method", "weights", "gamma")}
+    options = {k: v for k, v in lw.items() if k not in shared}
+    if options:
+        shared[str(lw["method"])] = options
+    return {**training, "loss_weighting": shared}
 
 
 #: Search-space (Optuna) parameter names -> config names, first match wins.

@@ -330,6 +330,9 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         self.training.check_tasks(self.model.tasks)  # names, kinds and classes
+        from mtlsearch.train._weighting import LOSS_WEIGHTINGS
+
+        LOSS_WEIGHTINGS[self.training.loss_weighting.method].check_model(self.model)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.to_dict(), "training": self.training.to_dict()}

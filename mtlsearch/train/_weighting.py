@@ -19,7 +19,7 @@ override ``backward`` to combine per-task gradients instead.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -84,6 +84,12 @@ class LossWeighting(nn.Module):
     def check_config(cls, config: LossWeightingConfig) -> None:
         """Extra validation at config time (a missing optional extra, say): raise
         :class:`UserError` naming ``training.loss_weighting...``."""
+
+    @classmethod
+    def check_model(cls, model: Any) -> None:
+        """Validation against the architecture config (an ``ArchConfig``) when an
+        experiment is built, so a network the method cannot train is refused before any
+        training: raise :class:`UserError` naming ``training.loss_weighting...``."""
 
     def option(self, name: str) -> Any:
         """This method's option ``name``: the config's value or the default."""
@@ -357,9 +363,15 @@ def shared_expert_layer(model: nn.Module) -> tuple[nn.Parameter, Tensor, int]:
     levels = getattr(model, "levels", None)
     if levels is None:
         raise TypeError(f"expected an MTLNetwork with extraction levels, got {type(model).__name__}")
-    n_tasks = len(model.task_names)  # type: ignore[attr-defined]
+    li, shared = shared_experts([lv.cfg for lv in levels], len(model.task_names))  # type: ignore[attr-defined]
+    return levels[li].experts.weights[-1], torch.tensor(shared), li
+
+
+def shared_experts(levels: Sequence[Any], n_tasks: int) -> tuple[int, list[int]]:
+    """From the level configs alone: the top level having experts that two task gates
+    read, and those experts' indices (see :func:`shared_expert_layer`)."""
     for li in range(len(levels) - 1, -1, -1):
-        cfg = levels[li].cfg
+        cfg = levels[li]
         single = cfg.gate_sharing == "single"
         readers = [0] * cfg.n_experts
         for k in range(n_tasks):
@@ -367,7 +379,7 @@ def shared_expert_layer(model: nn.Module) -> tuple[nn.Parameter, Tensor, int]:
                 readers[e] += 1
         shared = [e for e, r in enumerate(readers) if r >= 2]
         if shared:
-            return levels[li].experts.weights[-1], torch.tensor(shared), li
+            return li, shared
     raise UserError(
         "training.loss_weighting.method: this method needs a layer the tasks share, but no "
         f"extraction level of this {n_tasks}-task network has an expert read by two task gates"
@@ -415,6 +427,11 @@ class GradNorm(LossWeighting):
         self._shared: tuple[nn.Parameter, Tensor] | None = None  # a tuple: not registered here
         #: ``sum_k |G_k - target_k|`` at the last step that computed it (None before)
         self.last_balance_loss: Tensor | None = None
+
+    @classmethod
+    def check_model(cls, model: Any) -> None:
+        if len(model.tasks) >= 2:
+            shared_experts(model.levels, len(model.tasks))
 
     def attach(self, model: nn.Module) -> None:
         if len(self.task_names) < 2:
