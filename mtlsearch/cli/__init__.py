@@ -15,6 +15,7 @@ import threading
 
 import typer
 
+from mtlsearch import _interrupt
 from mtlsearch._errors import EXIT_UNAVAILABLE, StorageUnavailable, UserError
 
 app = typer.Typer(
@@ -86,7 +87,15 @@ _signalled: list[int] = []
 def _on_sigterm(signum: int, frame: object) -> None:
     _signalled.append(signum)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up
-    raise Terminated()
+    exc = Terminated()
+    _interrupt.record(exc)  # raised again at the next safe point if this raise is swallowed
+    raise exc
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    exc = KeyboardInterrupt()
+    _interrupt.record(exc)
+    raise exc
 
 
 def main() -> None:
@@ -95,6 +104,8 @@ def main() -> None:
     stays unreachable exits 75 (EX_TEMPFAIL) with one line."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _on_sigint)
     try:
         result = app(args=join_multi_values(sys.argv[1:]), standalone_mode=False)
     except UserError as exc:

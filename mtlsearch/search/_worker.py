@@ -39,6 +39,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
+from mtlsearch import _interrupt
 from mtlsearch._errors import StorageUnavailable
 from mtlsearch.search._storage import RetryingStorage, grace_period, heartbeat_interval, retry_lost_trial
 
@@ -347,6 +348,7 @@ def run_worker(
         if ctx.heartbeat and reap(study):  # a resumed study: lost trials go back at once
             _top_up_tickets(ctx)
         while stop is None or not stop.is_set():
+            _interrupt.check()  # a Ctrl-C/SIGTERM whose raise was swallowed (see _interrupt)
             if timeout is not None and time.monotonic() - start > timeout:
                 logger.info("timeout reached after %d trials", ran)
                 break

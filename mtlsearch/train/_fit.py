@@ -45,6 +45,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 
+from mtlsearch import _interrupt
 from mtlsearch._errors import UserError
 from mtlsearch.arch import ArchConfig, TaskSpec, build_model, count_parameters
 from mtlsearch.data import MTLDataset, TensorSplit
@@ -264,6 +265,7 @@ def _train_epoch(
     aux_sum, aux_rows = 0.0, 0  # the gates' auxiliary loss (load balancing), outside the weighting
     auxiliary_loss = getattr(model, "auxiliary_loss", None)
     for b, batch in enumerate(train.batches(tc.batch_size, shuffle=True, generator=shuffle)):
+        _interrupt.check()  # a Ctrl-C/SIGTERM whose raise was swallowed (see mtlsearch._interrupt)
         outputs = model(batch.numeric, batch.categorical)
         totals: dict[str, Tensor] = {}
         losses, counts = _masked_losses(outputs, batch, tasks, full, class_weights, totals)
