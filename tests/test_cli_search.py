@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+from _cli import run_main
 from optuna.trial import TrialState
 
 from mtlsearch.arch import build_model, count_parameters
@@ -44,21 +44,7 @@ def _search(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
-def _main(monkeypatch, capsys, cwd: Path, *args: str) -> tuple[int, str, str]:
-    """The console script in this process (cheap: no interpreter start), exit code and output."""
-    from mtlsearch.cli import main
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["mtlsearch", *args])
-    code, handler = 0, signal.getsignal(signal.SIGTERM)
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        signal.signal(signal.SIGTERM, handler)  # main() installs its SIGTERM handler
-    out, err = capsys.readouterr()
-    return code, out, err
+_main = run_main
 
 
 def _search_args(tmp: Path, *extra: str) -> list[str]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from _cli import run_main
 from _data_helpers import listing, write_shop
 
 from mtlsearch._errors import UserError
@@ -129,20 +128,7 @@ def test_other_options_are_still_for_built_in_datasets_only(tmp_path):
 
 
 # ---- the command line -------------------------------------------------------------------------
-def _main(monkeypatch, capsys, cwd: Path, *args: str) -> tuple[int, str, str]:
-    from mtlsearch.cli import main
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["mtlsearch", *args])
-    code, handler = 0, signal.getsignal(signal.SIGTERM)
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-    out, err = capsys.readouterr()
-    return code, out, err
+_main = run_main
 
 
 def _config(tmp: Path) -> Path:

@@ -14,14 +14,12 @@ from __future__ import annotations
 import base64
 import json
 import re
-import signal
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
 import optuna
 import pytest
+from _cli import run_main
 from mlflow import MlflowClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
@@ -169,20 +167,7 @@ def test_the_progress_line_counts_the_stopped_trials_per_rung(stored):
     assert "failed 1 · pruned 4 (rung 0: 2, rung 1: 1) · front 2 · " in progress.status
 
 
-def _main(monkeypatch, capsys, cwd: Path, *args: str) -> tuple[int, str, str]:
-    from mtlsearch.cli import main
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["mtlsearch", *args])
-    code, handler = 0, signal.getsignal(signal.SIGTERM)
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-    out, err = capsys.readouterr()
-    return code, out, err
+_main = run_main
 
 
 def test_front_lists_full_fidelity_trials_and_counts_the_stopped_ones(stored, monkeypatch, capsys):

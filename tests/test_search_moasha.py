@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from _cli import run_main
 from _train_support import binary_data, experiment, one_thread  # noqa: F401 (autouse fixture)
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
@@ -385,20 +384,7 @@ def test_epochs_up_to_rung_0_train_on_a_seeded_row_subsample(monkeypatch):
 
 
 # ---- the command line ------------------------------------------------------------------------------
-def _main(monkeypatch, capsys, cwd: Path, *args: str) -> tuple[int, str, str]:
-    from mtlsearch.cli import main
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["mtlsearch", *args])
-    code, handler = 0, signal.getsignal(signal.SIGTERM)
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-    out, err = capsys.readouterr()
-    return code, out, err
+_main = run_main
 
 
 def test_cli_pruner_options_bad_values_exit_2_on_one_line(monkeypatch, capsys, tmp_path):
