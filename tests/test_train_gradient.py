@@ -18,16 +18,17 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from _cli import run_main
 from _train_support import REPO, binary_data, experiment, one_thread  # noqa: F401
 from torch import Tensor, nn
 
 from mtlsearch._errors import UserError
 from mtlsearch.arch import TaskSpec, build_model
-from mtlsearch.cli import main
 from mtlsearch.data import TensorSplit
 from mtlsearch.train import (
     LOSS_WEIGHTINGS,
@@ -517,14 +518,7 @@ SYNTHETIC = ["--dataset", "synthetic", "--option", "n=1200", "--option", "d=8"]
 
 
 def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["mtlsearch", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_main(monkeypatch, capsys, Path.cwd(), *args)  # restores the signal handlers
 
 
 @pytest.fixture

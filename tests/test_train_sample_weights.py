@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,13 +14,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from _cli import run_main
 from _data_helpers import listing, shop_frame, shop_spec, write_spec
 from _train_support import binary_data, experiment, mixed_data, one_thread  # noqa: F401
 from sklearn.metrics import accuracy_score, log_loss, mean_squared_error, roc_auc_score
 
 from mtlsearch._errors import UserError
 from mtlsearch.arch import TaskSpec, build_model, preset
-from mtlsearch.cli import main
 from mtlsearch.data import DatasetSpec, MTLDataset, SpecError, TensorSplit, load_dataset
 from mtlsearch.train import (
     ExperimentConfig,
@@ -412,14 +411,7 @@ def test_census_income_can_weigh_rows_by_its_survey_weight_opt_in():
 
 # ---- the CLI end to end ------------------------------------------------------------------
 def _run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["mtlsearch", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_main(monkeypatch, capsys, Path.cwd(), *args)  # restores the signal handlers
 
 
 def _config(folder: Path, **training) -> Path:
