@@ -1,5 +1,6 @@
 """Ali-CCP and AliExpress loaders on the samples in the shared data folder: click and
-conversion, conversion in the clicked sample space (the PLE paper's setting)."""
+conversion, conversion in the clicked sample space (the PLE paper's setting), and ctcvr,
+conversion over all impressions (the ESMM paper's and MTReclib's)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def _rows(folder: Path, name: str) -> int:
 
 
 def _check_click_conversion(ds: MTLDataset, frames: dict[str, pd.DataFrame], conversion: str) -> None:
-    assert [t.name for t in ds.tasks] == ["ctr", "cvr"]
+    assert [t.name for t in ds.tasks] == ["ctr", "cvr", "ctcvr"]
     assert all(t.kind == "binary" for t in ds.tasks)
     for s in SPLITS:
         part, frame = getattr(ds, s), frames[s]
@@ -35,6 +36,9 @@ def _check_click_conversion(ds: MTLDataset, frames: dict[str, pd.DataFrame], con
         assert torch.equal(part.masks["cvr"], clicked)  # conversion only where click = 1
         converted = torch.tensor(frame[conversion].to_numpy() == 1) & clicked
         assert torch.equal(part.labels["cvr"].bool(), converted)
+        # ctcvr: conversion over all impressions, unclicked rows 0 (the MTReclib / ESMM task)
+        assert part.masks["ctcvr"].all()
+        assert torch.equal(part.labels["ctcvr"], converted.float())
     names = set(ds.numeric_features) | {n for n, _ in ds.categorical_features}
     assert not names & {"click", conversion}
 

@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 
 from mtlsearch._errors import UserError, as_float
 from mtlsearch._yaml import dump_yaml, load_yaml, read_yaml_file
+from mtlsearch.arch._chained import FACTOR_LOSSES, ChainError, check_chains
 
 TaskKind = Literal["binary", "regression", "multiclass"]
 GateSelect = Literal["own+shared", "shared", "all"]
@@ -26,6 +27,11 @@ GateInput = Literal["level", "raw"]
 GateKind = Literal["softmax", "topk", "none", "dselect_k", "noisy_top_k"]
 GateSharing = Literal["per_task", "single"]
 Norm = Literal["none", "batch"]
+#: How a level's task outputs are formed: the gate's mixture (MMoE/PLE), or AdaTT's fusion
+#: unit (the gate's mixture of every expert plus a linear combination of the task's own).
+Fusion = Literal["gate", "adatt"]
+#: Normalisation of each expert's output before the gates mix them (HoME).
+ExpertNorm = Literal["none", "batch", "layer"]
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid", "identity")
 
@@ -106,15 +112,31 @@ class InputSpec:
     ``nn.Embedding`` default at 1.0). Recommendation libraries start embeddings small
     (torch-rechub N(0, 1e-4), DeepCTR 1e-4); the scale changes how fast a model fits,
     so it is part of the architecture and searchable.
+
+    ``task_embedding_dim > 0`` adds STEM's task-specific embeddings (Su et al., AAAI 2024,
+    "STEM: Unleashing the Power of Embeddings for Multi-task Recommendation"): besides the
+    shared tables, every task gets its own table per categorical feature, of that width.
+    Task ``k``'s path reads the shared encoding and *every* task's embeddings, the other
+    tasks' with stopped gradients (the paper's "all forward, task-specific backward"), so
+    task ``j``'s loss never reaches task ``k``'s table; the shared experts read them all
+    with stopped gradients. 0 (the default) is the plain shared encoder.
     """
 
     n_numeric: int = 0
     categorical: tuple[CategoricalFeature, ...] = ()
     embed_init_std: float = 1.0
+    task_embedding_dim: int = 0
 
     @property
     def dim(self) -> int:
+        """Width of the shared encoding: numeric columns plus the shared embeddings."""
         return self.n_numeric + sum(c.embed_dim for c in self.categorical)
+
+    def routed_dim(self, n_tasks: int) -> int:
+        """Width of what the first level reads: :attr:`dim` plus, with STEM's task-specific
+        embeddings (``task_embedding_dim > 0``), every task's ``task_embedding_dim`` per
+        categorical feature (``n_tasks * n_categorical * task_embedding_dim``)."""
+        return self.dim + n_tasks * len(self.categorical) * self.task_embedding_dim
 
     def validate(self, path: str) -> None:
         _check(self.n_numeric >= 0, f"{path}.n_numeric", f"must be >= 0, got {self.n_numeric}")
@@ -126,13 +148,39 @@ class InputSpec:
             f"must be a number > 0, got {self.embed_init_std!r}",
         )
         _check(self.dim >= 1, path, "the network has no input (no numeric and no categorical)")
+        ted = self.task_embedding_dim
+        _check(
+            isinstance(ted, int) and not isinstance(ted, bool) and ted >= 0,
+            f"{path}.task_embedding_dim",
+            f"must be an integer >= 0, got {ted!r}",
+        )
+        _check(
+            ted == 0 or len(self.categorical) > 0,
+            f"{path}.task_embedding_dim",
+            f"task-specific embeddings ({ted}) need categorical features; this input has none",
+        )
 
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """One task of the network.
+
+    Entire-space chained tasks (ESMM / ESCM², :mod:`mtlsearch.arch._chained`):
+    ``product_of`` makes a binary task the product of other binary tasks' probabilities
+    (``ctcvr = ctr x cvr``; no tower of its own). ``loss`` is a factor's own loss:
+    ``direct`` (its loss on its sample space, the default), ``none`` (ESMM: trained only
+    through the product) or ``ips`` (ESCM²'s counterfactual regulariser, weighted by
+    ``ips_weight``, default 1, with propensities clipped below at ``ips_clip``, default
+    0.01). These keys are left out of ``to_dict`` at their defaults.
+    """
+
     name: str
     kind: TaskKind
     n_classes: int | None = None
+    product_of: tuple[str, ...] = ()
+    loss: str = "direct"
+    ips_weight: float | None = None
+    ips_clip: float | None = None
 
     @property
     def out_dim(self) -> int:
@@ -149,6 +197,46 @@ class TaskSpec:
             )
         else:
             _check(self.n_classes is None, f"{path}.n_classes", "only for multiclass tasks")
+        _check(
+            isinstance(self.product_of, tuple) and all(isinstance(f, str) and f for f in self.product_of),
+            f"{path}.product_of",
+            f"expected a list of task names, got {self.product_of!r}",
+        )
+        if self.product_of:
+            _check(len(self.product_of) >= 2, f"{path}.product_of", "a product needs at least 2 factor tasks")
+            _check(
+                self.kind == "binary",
+                f"{path}.kind",
+                f"a product task (product_of) is a probability, so binary; got {self.kind!r}",
+            )
+        _check_choice(self.loss, FACTOR_LOSSES, f"{path}.loss")
+        for key, check in TASK_NUMBERS.items():
+            value = getattr(self, key)
+            if value is None:
+                continue
+            _check(self.loss == "ips", f"{path}.{key}", f"only with loss: ips (the loss is {self.loss!r})")
+            _check(
+                isinstance(value, int | float) and not isinstance(value, bool),
+                f"{path}.{key}",
+                f"expected a number, got {value!r}",
+            )
+            check(value, f"{path}.{key}")
+
+
+def _fraction_above_zero(value: Any, path: str) -> float:
+    number = as_float(value, path, ConfigError)
+    _check(0.0 < number <= 1.0, path, f"must be in (0, 1], got {value!r}")
+    return number
+
+
+#: TaskSpec's real-valued fields (ESCM²'s regulariser) and their checks.
+TASK_NUMBERS: dict[str, Callable[[Any, str], float]] = {
+    "ips_weight": _number_at_least(0.0, strict=False),
+    "ips_clip": _fraction_above_zero,
+}
+#: TaskSpec fields written by ``to_dict`` only when they differ from their defaults, so an
+#: old config's file is unchanged.
+_TASK_OPTIONAL = {"product_of": (), "loss": "direct", "ips_weight": None, "ips_clip": None}
 
 
 @dataclass(frozen=True)
@@ -180,6 +268,22 @@ class LevelConfig:
     * ``noisy_top_k`` (Shazeer et al., ICLR 2017): ``topk`` over logits with learned
       Gaussian noise in training (none in eval), plus the load-balancing loss
       ``balance_weight * (CV(importance)^2 + CV(load)^2)`` per gate.
+
+    ``fusion='adatt'`` (Li et al., KDD 2023, "AdaTT: Adaptive Task-to-Task Fusion Network
+    for Multitask Learning in Recommendations") makes every task's output a fusion unit:
+    ``out_k = sum_j g_kj(x) E_j(x) + sum_{i native to k} v_ki E_i(x)``: the gate's mixture
+    over every expert of the level (so it needs ``select='all'``) plus the linear
+    combination of task ``k``'s own experts with learned weights ``v_k`` (fixed at 1 when the
+    task has one expert, none when it has none, as in the paper's code). A shared gate gets
+    the same residual over the shared experts. ``'gate'`` (the default) is the gate's mixture.
+
+    ``expert_norm`` (HoME, Wang et al. 2024, "HoME: Hierarchy of Multi-Gate Experts for
+    Multi-Task Learning at Kuaishou") normalises each expert's output, after its
+    activation, before the gates mix it: ``'batch'`` per expert and unit over the batch
+    (running statistics in eval), ``'layer'`` per expert and row over its units; both with a
+    learned scale and shift per expert and unit. It puts every expert's output on one scale,
+    so a gate does not favour an expert for its magnitude (HoME's expert collapse); with
+    ``activation='silu'`` (Swish) it is HoME's expert. ``'none'`` is the plain output.
     """
 
     n_shared: int
@@ -197,10 +301,19 @@ class LevelConfig:
     balance_weight: float = 0.01
     smooth_step_gamma: float = 1.0
     entropy_weight: float = 0.0
+    fusion: Fusion = "gate"
+    expert_norm: ExpertNorm = "none"
 
     @property
     def out_dim(self) -> int:
         return self.expert_hidden[-1]
+
+    def native_experts(self, task: int | None) -> tuple[int, ...]:
+        """Indices of task ``task``'s own experts (``None``: the shared experts): the ones
+        AdaTT's residual combines."""
+        start = sum(self.n_specific[:task]) if task is not None else sum(self.n_specific)
+        count = self.n_specific[task] if task is not None else self.n_shared
+        return tuple(range(start, start + count))
 
     @property
     def n_experts(self) -> int:
@@ -239,6 +352,14 @@ class LevelConfig:
         _check_choice(self.gate_kind, get_args(GateKind), f"{path}.gate_kind")
         _check_choice(self.gate_sharing, get_args(GateSharing), f"{path}.gate_sharing")
         _check_choice(self.norm, get_args(Norm), f"{path}.norm")
+        _check_choice(self.fusion, get_args(Fusion), f"{path}.fusion")
+        _check_choice(self.expert_norm, get_args(ExpertNorm), f"{path}.expert_norm")
+        _check(
+            self.fusion != "adatt" or self.select == "all",
+            f"{path}.select",
+            f"AdaTT fusion (fusion='adatt') mixes every expert of the level; needs select='all', "
+            f"got {self.select!r}",
+        )
         _check(self.n_experts >= 1, path, "the level has no expert (n_shared and n_specific all 0)")
         if self.gate_sharing == "single":
             _check(
@@ -311,9 +432,22 @@ class ArchConfig:
             t.validate(f"tasks[{i}]")
         names = [t.name for t in self.tasks]
         _check(len(set(names)) == len(names), "tasks", f"task names must be unique, got {names}")
+        try:
+            check_chains(self.tasks)
+        except ChainError as exc:
+            raise ConfigError(str(exc)) from None
+        n_routed = len(self.tower_tasks)  # product tasks have no experts, gate or tower
         _check(len(self.levels) >= 1, "levels", "needs at least one extraction level")
         for i, lv in enumerate(self.levels):
-            lv.validate(f"levels[{i}]", len(self.tasks))
+            lv.validate(f"levels[{i}]", n_routed)
+            _check(
+                self.inputs.task_embedding_dim == 0
+                or lv.gate_sharing == "per_task"
+                or len(lv.n_specific) == 1,
+                f"levels[{i}].gate_sharing",
+                "a single gate for all tasks would carry every task's gradient into one task's "
+                "embeddings; task-specific embeddings (inputs.task_embedding_dim > 0) need 'per_task' gates",
+            )
         top = len(self.levels) - 1
         _check(
             not self.levels[top].shared_gate,
@@ -330,9 +464,11 @@ class ArchConfig:
                 "to feed them",
             )
         _check(
-            len(self.towers) == len(self.tasks),
+            len(self.towers) == n_routed,
             "towers",
-            f"needs one tower per task ({len(self.tasks)}), got {len(self.towers)}",
+            f"needs one tower per task ({n_routed}"
+            + (", product tasks have none" if n_routed < len(self.tasks) else "")
+            + f"), got {len(self.towers)}",
         )
         for i, tw in enumerate(self.towers):
             tw.validate(f"towers[{i}]")
@@ -340,6 +476,12 @@ class ArchConfig:
     @property
     def task_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tasks)
+
+    @property
+    def tower_tasks(self) -> tuple[TaskSpec, ...]:
+        """The tasks with experts, gates and a tower: all but the product tasks
+        (``product_of``), in task order. ``levels[*].n_specific`` and ``towers`` count these."""
+        return tuple(t for t in self.tasks if not t.product_of)
 
     # ---- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -370,16 +512,18 @@ class ArchConfig:
             embed_init_std=as_float(
                 inputs_raw.get("embed_init_std", 1.0), "inputs.embed_init_std", ConfigError
             ),
+            task_embedding_dim=inputs_raw.get("task_embedding_dim", 0),
         )
+        routed = [t for t in tasks if not t.product_of]  # product tasks have no experts or tower
         levels = []
         for i, lv in enumerate(_expect_list(data["levels"], "levels")):
             lv = dict(_expect_mapping(lv, f"levels[{i}]"))
             if isinstance(lv.get("n_specific"), int):
-                lv["n_specific"] = [lv["n_specific"]] * len(tasks)
+                lv["n_specific"] = [lv["n_specific"]] * len(routed)
             levels.append(_build(LevelConfig, lv, f"levels[{i}]"))
         towers_raw = data.get("towers", {})
         if isinstance(towers_raw, Mapping):
-            towers_raw = [towers_raw] * len(tasks)
+            towers_raw = [towers_raw] * len(routed)
         towers = tuple(
             _build(TowerConfig, t, f"towers[{i}]") for i, t in enumerate(_expect_list(towers_raw, "towers"))
         )
@@ -424,6 +568,12 @@ class ArchConfig:
 
 # ---- helpers for (de)serialisation -------------------------------------------------------
 def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, TaskSpec):  # chained-task keys only when set
+        return {
+            f.name: _to_plain(getattr(obj, f.name))
+            for f in fields(obj)
+            if f.name not in _TASK_OPTIONAL or getattr(obj, f.name) != _TASK_OPTIONAL[f.name]
+        }
     if hasattr(obj, "__dataclass_fields__"):
         return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
     if isinstance(obj, tuple | list):
@@ -447,7 +597,7 @@ def _reject_unknown(data: Mapping[str, Any], cls: type, path: str) -> None:
         _check(key in known, f"{path}.{key}", f"unknown key; expected one of {sorted(known)}")
 
 
-_TUPLE_FIELDS = {"n_specific", "expert_hidden", "hidden"}
+_TUPLE_FIELDS = {"n_specific", "expert_hidden", "hidden", "product_of"}
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
@@ -462,6 +612,8 @@ def _build(cls: type, data: Any, path: str) -> Any:
             value = tuple(_expect_list(value, f"{path}.{f.name}"))
         elif cls is LevelConfig and f.name in LEVEL_NUMBERS:
             value = LEVEL_NUMBERS[f.name](value, f"{path}.{f.name}")
+        elif cls is TaskSpec and f.name in TASK_NUMBERS and value is not None:
+            value = TASK_NUMBERS[f.name](value, f"{path}.{f.name}")
         kwargs[f.name] = value
     try:
         return cls(**kwargs)
@@ -482,6 +634,8 @@ __all__ = [
     "ArchConfig",
     "CategoricalFeature",
     "ConfigError",
+    "ExpertNorm",
+    "Fusion",
     "InputSpec",
     "LevelConfig",
     "TaskSpec",

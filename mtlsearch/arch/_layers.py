@@ -179,9 +179,14 @@ class InputEncoder(nn.Module):
 
     Features with the same embedding size share one table (row offsets keep their codes
     apart), so the lookup is one gather per embedding size rather than one per feature.
+
+    With ``spec.task_embedding_dim = d > 0`` (STEM, Su et al. AAAI 2024) the encoder also
+    holds one table per task, ``task_tables`` ``(T, sum of cardinalities, d)`` (every
+    feature of a task in one table, one gather for all tasks), and :meth:`routed` gives
+    the first level's inputs.
     """
 
-    def __init__(self, spec: InputSpec) -> None:
+    def __init__(self, spec: InputSpec, n_tasks: int = 1) -> None:
         super().__init__()
         self.n_numeric = spec.n_numeric
         groups: dict[int, list[int]] = {}
@@ -201,6 +206,20 @@ class InputEncoder(nn.Module):
             self.tables.append(table)
             self._group_cols.append(cols)
         self.dim = spec.dim
+        self.n_tasks = n_tasks
+        self.task_dim = spec.task_embedding_dim
+        if self.task_dim:  # created after the shared tables: an old config draws the same numbers
+            cards = [c.cardinality for c in spec.categorical]
+            self.register_buffer("task_offsets", torch.tensor([0, *cards[:-1]]).cumsum(0), persistent=False)
+            tables = torch.randn(n_tasks, sum(cards), self.task_dim)  # nn.Embedding's N(0, 1)
+            self.task_tables = nn.Parameter(tables * spec.embed_init_std)
+            width = len(cards) * self.task_dim
+            # row s: where source s (task s; the last row: the shared experts) lets gradients
+            # through, over the (T * width) task embeddings side by side
+            through = torch.zeros(n_tasks + 1, n_tasks * width)
+            for k in range(n_tasks):
+                through[k, k * width : (k + 1) * width] = 1.0
+            self.register_buffer("task_through", through.unsqueeze(1), persistent=False)
 
     def forward(self, numeric: Tensor, categorical: Tensor) -> Tensor:
         parts = [numeric] if self.n_numeric else []
@@ -211,6 +230,80 @@ class InputEncoder(nn.Module):
             # index_add (about 3x faster on CPU than embedding_dense_backward's sort).
             parts.append(table.weight.index_select(0, codes.flatten()).view(codes.shape[0], -1))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def routed(self, numeric: Tensor, categorical: Tensor) -> list[Tensor]:
+        """The first level's inputs with STEM's task-specific embeddings: one ``(B,
+        routed_dim)`` tensor per source, tasks ``0..T-1`` then the shared experts.
+
+        Source ``k`` is ``[shared encoding, E_0, ..., E_{T-1}]`` with ``E_j`` task ``j``'s
+        embeddings of the row's features; every ``E_j`` enters with its value, but only
+        ``E_k`` passes gradients (the others are ``E_j.detach()``: STEM's "all forward,
+        task-specific backward"); the shared source passes none of them. Written as
+        ``d + m_s * (e - d)`` with ``d = e.detach()`` and a 0/1 mask ``m_s``: the value is
+        exactly ``e``'s, one batched expression for every source.
+        """
+        shared = self(numeric, categorical)  # (B, dim)
+        batch = categorical.shape[0]
+        codes = (categorical + self.task_offsets).flatten()  # (B * F,)
+        per_task = self.task_tables.index_select(1, codes)  # (T, B * F, d)
+        e = per_task.view(self.n_tasks, batch, -1).transpose(0, 1).reshape(batch, -1)  # (B, T * F * d)
+        d = e.detach()
+        sources = d.unsqueeze(0) + self.task_through * (e - d).unsqueeze(0)  # (T + 1, B, T * F * d)
+        base = shared.unsqueeze(0).expand(self.n_tasks + 1, *shared.shape)
+        return list(torch.cat([base, sources], dim=2).unbind(0))
+
+
+# ---- HoME's expert normalisation (Wang et al. 2024) -----------------------------------------
+# A level's experts' outputs (E, B, D) normalised per expert before the gates mix them. Dispatch
+# is a table: a new kind is one entry of EXPERT_NORMS.
+
+
+class ExpertBatchNorm(nn.Module):
+    """Batch normalisation of ``(n, B, D)`` expert outputs, statistics per expert and unit
+    (computed on the ``(B, n * D)`` view: all experts in one call; a one-row training batch
+    uses the running statistics, as :func:`row_safe_batch_norm`)."""
+
+    def __init__(self, n: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n * dim))
+        self.bias = nn.Parameter(torch.zeros(n * dim))
+        self.register_buffer("running_mean", torch.zeros(n * dim))
+        self.register_buffer("running_var", torch.ones(n * dim))
+
+    def forward(self, h: Tensor) -> Tensor:
+        n, batch, dim = h.shape
+        wide = h.transpose(0, 1).reshape(batch, n * dim)
+        out = row_safe_batch_norm(
+            wide, self.running_mean, self.running_var, self.weight, self.bias, self.training
+        )
+        return out.view(batch, n, dim).transpose(0, 1)
+
+
+class ExpertLayerNorm(nn.Module):
+    """Layer normalisation of ``(n, B, D)`` expert outputs: each expert's output of a row
+    over its ``D`` units, ``(h - mean) / sqrt(var + 1e-5) * weight + bias`` (biased
+    variance), with a scale and shift per expert and unit ``(n, 1, D)``."""
+
+    def __init__(self, n: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(n, 1, dim))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return nn.functional.layer_norm(h, h.shape[-1:]) * self.weight + self.bias
+
+
+def _no_expert_norm(n: int, dim: int) -> nn.Module:
+    return nn.Identity()
+
+
+#: ``LevelConfig.expert_norm`` -> a builder ``(n_experts, out_dim) -> module`` mapping the
+#: experts' outputs ``(E, B, D)`` to the same shape.
+EXPERT_NORMS: dict[str, Callable[[int, int], nn.Module]] = {
+    "none": _no_expert_norm,
+    "batch": ExpertBatchNorm,
+    "layer": ExpertLayerNorm,
+}
 
 
 # ---- gates ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from mtlsearch._errors import UserError
 from mtlsearch.arch import PRESETS, ArchConfig, build_model, count_parameters
+from mtlsearch.arch._config import TOP_K_GATES
 from mtlsearch.cli._common import console
 
 arch_app = typer.Typer(help="Inspect architecture configs and presets.", no_args_is_help=True)
@@ -34,18 +35,25 @@ def show(
         raise UserError(f"{config}: no such file")
     cfg = ArchConfig.load(config) if _has_tasks(config) else _filled(config, dataset, data, option, data_dir)
     model = build_model(cfg, seed=0)
-    table = Table(title=f"{cfg.name}: {count_parameters(model):,} parameters")
-    for col in ("level", "shared", "specific", "widths", "select", "shared gate", "gate"):
+    stem = cfg.inputs.task_embedding_dim
+    title = f"{cfg.name}: {count_parameters(model):,} parameters"
+    table = Table(title=title + (f" (task-specific embeddings: {stem} per feature and task)" if stem else ""))
+    columns = ("level", "shared", "specific", "widths", "experts", "select", "shared gate", "gate", "fusion")
+    for col in columns:
         table.add_column(col)
     for i, lv in enumerate(cfg.levels):
+        kind = f"{lv.gate_kind}(k={lv.top_k})" if lv.gate_kind in TOP_K_GATES else lv.gate_kind
+        experts = lv.activation + (f", {lv.expert_norm} norm" if lv.expert_norm != "none" else "")
         table.add_row(
             str(i),
             str(lv.n_shared),
             ",".join(map(str, lv.n_specific)),
             ",".join(map(str, lv.expert_hidden)),
+            experts,
             lv.select,
             str(lv.shared_gate),
-            f"{lv.gate_kind}/{lv.gate_sharing}/{lv.gate_input}",
+            f"{kind}/{lv.gate_sharing}/{lv.gate_input}",
+            lv.fusion,
         )
     console().print(table)
 
@@ -55,7 +63,7 @@ def _has_tasks(config: Path) -> bool:
 
     _, raw = read_yaml_file(config, "architecture file")
     model = raw.get("model", raw) if isinstance(raw, dict) else raw
-    return not isinstance(model, dict) or "tasks" in model
+    return not isinstance(model, dict) or ("tasks" in model and "inputs" in model)  # else: fill inputs
 
 
 def _filled(

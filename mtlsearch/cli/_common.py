@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -123,3 +124,66 @@ def with_max_rows(options: dict, text: str | None, flag: str = "--max-rows") -> 
     if MAX_ROWS in options and options[MAX_ROWS] != value:
         raise UserError(f"{flag} {value} and --option {MAX_ROWS}={options[MAX_ROWS]}: give one of them")
     return {**options, MAX_ROWS: value}
+
+
+DEVICE_HELP = (
+    "auto (CUDA when present, else the CPU), cpu, cuda, cuda:N or mps; default: the experiment's "
+    "training.device, else auto. A device that is not present is an error."
+)
+PRECISION_HELP = (
+    "fp32, bf16 (autocast to bfloat16) or fp16 (autocast + loss scaling; refused with loss "
+    "weightings that do their own backward); default: the experiment's training.precision, else fp32."
+)
+
+
+def device_option() -> str | None:
+    # Read as text and checked by training_on: a bad value is one line, exit 2.
+    return typer.Option(
+        None, "--device", metavar="auto|cpu|cuda|cuda:N", help=DEVICE_HELP, show_default=False
+    )
+
+
+def precision_option() -> str | None:
+    return typer.Option(
+        None, "--precision", metavar="fp32|bf16|fp16", help=PRECISION_HELP, show_default=False
+    )
+
+
+def check_device_flag(device: str | None) -> str:
+    """``--device``'s text (``auto`` when not given), checked for form and presence."""
+    from mtlsearch.train import resolve_device
+
+    text = device if device is not None else "auto"
+    resolve_device(text, "--device")
+    return text.strip().lower()
+
+
+def check_precision_flag(precision: str | None, method: str | None = None) -> str | None:
+    """``--precision``'s name (None when not given); with ``method`` (a loss weighting), a
+    precision that cannot train it is refused naming the flag."""
+    if precision is None:
+        return None
+    from mtlsearch.train import PRECISIONS, check_precision_text
+
+    name = check_precision_text(precision, "--precision")
+    if method is not None:
+        PRECISIONS[name].check_method(method, "--precision")
+    return name
+
+
+def training_on(training: Any, device: str | None, precision: str | None, source: str = "") -> Any:
+    """``training`` (a ``TrainConfig``) with ``--device``/``--precision`` applied: a flag wins
+    over the config's value, which wins over ``auto``/``fp32``. The device is checked for
+    presence here, before any data is read (a one-line ``UserError`` naming the flag, or
+    ``source: training.device`` for the config's value)."""
+    from dataclasses import replace
+
+    from mtlsearch.train import resolve_device
+
+    if device is not None:
+        text = check_device_flag(device)
+    else:
+        text = training.device or "auto"
+        resolve_device(text, f"{source}: training.device" if source and training.device else "--device")
+    name = check_precision_flag(precision, training.loss_weighting.method) or training.precision
+    return replace(training, device=text, precision=name)

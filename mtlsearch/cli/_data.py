@@ -1,4 +1,5 @@
-"""``mtlsearch data``: inspect datasets (a spec file or a built-in name) before searching."""
+"""``mtlsearch data``: inspect datasets (a spec file or a built-in name) before searching, and
+generate synthetic tables of any size (``data generate``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mtlsearch._errors import UserError
@@ -16,7 +18,10 @@ from mtlsearch.cli._common import check_spec_path, console, max_rows_option, wit
 from mtlsearch.data import BUILTIN_DATASETS, describe, load_dataset
 from mtlsearch.data._describe import SPLITS, DatasetDescription, TaskSplitSummary
 
-data_app = typer.Typer(help="Inspect datasets: built-in ones and dataset spec files.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Inspect datasets (built-in ones and dataset spec files); generate synthetic tables.",
+    no_args_is_help=True,
+)
 
 
 def parse_options(pairs: list[str]) -> dict[str, object]:
@@ -151,6 +156,104 @@ def list_cmd() -> None:
         "every dataset (spec files too): max_rows=N trains on a seeded subsample of N training rows "
         "(--max-rows N); validation and test keep every row"
     )
+
+
+@data_app.command("generate")
+def generate_cmd(
+    rows: int = typer.Option(..., "--rows", help="Rows to write (any number: drawn in bounded chunks)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the shards, spec.yaml and generate.json."),
+    shard_rows: int = typer.Option(1_000_000, "--shard-rows", help="Rows per Parquet shard."),
+    seed: int = typer.Option(0, "--seed", help="Seed: the same seed writes the same bytes."),
+    ids: list[str] = typer.Option(
+        [],
+        "--ids",
+        help="Categorical id column NAME:CARDINALITY (repeatable, or comma-separated), e.g. user_id:1e6.",
+    ),
+    zipf: float = typer.Option(1.1, "--zipf", help="Zipf exponent of the id frequencies (0: uniform)."),
+    conversion: bool = typer.Option(
+        False, "--conversion", help="Add click/conversion labels (conversion only on clicks); tasks ctr, cvr."
+    ),
+    numeric: int = typer.Option(10, "--numeric", help="Numeric columns x0..x{d-1} (MMoE's d)."),
+    correlation: float = typer.Option(0.5, "--correlation", help="Cosine of the two task weight vectors."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Write the MMoE synthetic data (paper's equations) as Parquet shards with Zipf id columns
+    whose fixed random embeddings move the labels, plus a dataset spec (OUT/spec.yaml) that
+    `mtlsearch train --data OUT/spec.yaml` reads. Written to a temporary folder, renamed at the end."""
+    from mtlsearch.data._generate import GeneratorConfig, IdColumn, generate
+
+    columns = tuple(IdColumn.parse(t) for item in ids for t in item.split(",") if t.strip())
+    cfg = GeneratorConfig(
+        rows=rows, numeric=numeric, correlation=correlation, seed=seed, ids=columns, zipf=zipf,
+        conversion=conversion,
+    )  # fmt: skip
+    cfg.validate()
+    if quiet:
+        shards = generate(cfg, out, shard_rows=shard_rows, force=force)
+    else:
+        with Progress(
+            TextColumn("generate"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console(stderr=True),
+            transient=True,
+        ) as bar:
+            task = bar.add_task("rows", total=rows)
+            shards = generate(
+                cfg, out, shard_rows=shard_rows, force=force, on_rows=lambda n: bar.update(task, completed=n)
+            )
+    typer.echo(f"{rows:,} rows in {len(shards)} shard(s): {out}; spec: {out / 'spec.yaml'}")
+
+
+@data_app.command("scan")
+def scan_cmd(
+    spec: Path = typer.Argument(..., help="A dataset spec (YAML)."),
+    split: str = typer.Option("train", "--split", help="Which file to scan: train, valid or test."),
+    save: Path | None = typer.Option(None, "--save", help="Write the fitted preprocessor (JSON) here."),
+    batch_rows: int = typer.Option(65_536, "--batch-rows", help="Rows per record batch."),
+) -> None:
+    """Fit the spec's preprocessing in one streaming pass (record batches; never the whole
+    table in memory) and print the rows, features and label statistics."""
+    from mtlsearch.data.stream import fit_streaming
+
+    if split not in ("train", "valid", "test"):
+        raise UserError(f"--split {split!r}: expected train, valid or test")
+    if batch_rows < 1:
+        raise UserError(f"--batch-rows {batch_rows}: expected at least 1")
+    check_spec_path(str(spec), "data scan")
+    result = fit_streaming(spec, split=split, batch_rows=batch_rows)
+    pre = result.preprocessor
+    out = console()
+    out.print(f"{result.rows:,} rows in {len(result.files)} file(s)")
+    feats = Table(title="features")
+    for col in ("feature", "encoding", "size / mean ± std"):
+        feats.add_column(col)
+    for n in pre.numeric:
+        feats.add_row(
+            n.column, "numeric" + (" (+missing flag)" if n.indicator else ""), f"{n.mean:.4g} ± {n.std:.4g}"
+        )
+    for e in pre.categorical:
+        kind = "hashed" if getattr(e, "kind", "vocab") == "hash" else "vocabulary"
+        feats.add_row(e.column, kind, f"{e.cardinality:,} codes")
+    out.print(feats)
+    tasks = Table(title="tasks (labels within each task's sample space)")
+    for col in ("task", "kind", "rows", "label"):
+        tasks.add_column(col)
+    for t in pre.tasks:
+        st = result.tasks[t.task.name]
+        if t.task.kind == "binary":
+            label = f"pos {_pct(st.positives / st.rows if st.rows else None)}"
+        elif t.task.kind == "regression":
+            label = f"{st.moments.mean:.4g} ± {st.moments.std:.4g}"
+        else:
+            label = f"{len(t.classes or ())} classes"
+        tasks.add_row(t.task.name, t.task.kind, f"{st.rows:,}", label)
+    out.print(tasks)
+    if save is not None:
+        pre.save(save)
+        out.print(f"preprocessor: {save}")
 
 
 def register(app: typer.Typer) -> None:

@@ -15,10 +15,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mtlsearch._errors import StorageUnavailable, UserError
-from mtlsearch.cli._common import check_spec_path, max_rows_option, set_threads, threads_option, with_max_rows
+from mtlsearch.cli._common import (
+    check_device_flag,
+    check_precision_flag,
+    check_spec_path,
+    device_option,
+    max_rows_option,
+    precision_option,
+    set_threads,
+    threads_option,
+    with_max_rows,
+)
 from mtlsearch.cli._common import console as make_console
 
 logger = logging.getLogger("mtlsearch")
+
+NPROC_TRIAL_HELP = (
+    "Processes per trial: each trial trains in a fresh DDP group of N processes (gloo on the CPU, "
+    "NCCL on CUDA) launched by this worker; a rank that dies fails that trial only."
+)
 console = make_console(stderr=True)
 _STORAGE_HELP = "The study's Optuna storage URL (default sqlite:///mtlsearch.db in this folder)."
 
@@ -342,6 +357,9 @@ def search(
     ),
     n_jobs: int = typer.Option(1, "--n-jobs", help="Workers in this process (threads)."),
     threads: int | None = threads_option(),
+    nproc: int = typer.Option(1, "--nproc", min=1, metavar="N", help=NPROC_TRIAL_HELP),
+    device: str | None = device_option(),
+    precision: str | None = precision_option(),
     pruner: str | None = typer.Option(
         None,
         "--pruner",
@@ -403,6 +421,8 @@ def search(
     if data is not None:
         check_spec_path(data)
     enqueue, n_refs = _references(references, no_references)
+    on_device = _device_name(device)
+    precision_name = check_precision_flag(precision)
     pruning, pruning_given = _pruning(pruner, prune, prune_margin, min_epochs, eta, rung_fraction)
     source = dataset or str(data.resolve())  # type: ignore[union-attr]
     name = study_name or f"{space.stem}-{Path(source).stem}"
@@ -420,22 +440,34 @@ def search(
         pruning=pruning,
         max_params=max_params,
         references=n_refs,
+        precision=precision_name or "fp32",
     )
     quiet_libraries()
-    n_threads = set_threads(threads, n_jobs)
+    n_threads = set_threads(threads, n_jobs * nproc)  # with --nproc: the threads of each rank
     storage_url = storage or default_storage_url()
-    given = {k for k, v in (("sampler", sampler), ("seed", seed)) if v is not None}
+    given = {
+        k for k, v in (("sampler", sampler), ("seed", seed), ("precision", precision_name)) if v is not None
+    }
     if pruning_given:
         given.add("pruning")
-    ctx = create_or_resume(name, storage_url, settings, given=given, threads=n_threads)
+    ctx = create_or_resume(name, storage_url, settings, given=given, threads=n_threads, device=on_device)
+    ctx.nproc = nproc
     warn_short_budget(ctx)
     _attach_tracking(ctx, tracking_uri, not no_mlflow, storage_url)
     console.print(
         f"study [bold]{name}[/] in {storage_url} · objectives {[o.name for o in ctx.objectives]} · "
-        f"{n_jobs} x {n_threads} threads"
+        f"{n_jobs} x {n_threads} threads · {on_device}, {ctx.settings.precision}"
     )
     _run(ctx, n_jobs, timeout, quiet)
     _finish(ctx)
+
+
+def _device_name(device: str | None) -> str:
+    """This worker's device for every trial, resolved (``cuda:0``, ``cpu``): checked before
+    the study is opened, so a missing device is one line and nothing is written."""
+    from mtlsearch.train import resolve_device
+
+    return str(resolve_device(check_device_flag(device), "--device"))
 
 
 def worker(
@@ -446,6 +478,15 @@ def worker(
     ),
     timeout: float | None = typer.Option(None, "--timeout", help="Stop after S seconds."),
     threads: int | None = threads_option(),
+    nproc: int = typer.Option(1, "--nproc", min=1, metavar="N", help=NPROC_TRIAL_HELP),
+    device: str | None = device_option(),
+    precision: str | None = typer.Option(
+        None,
+        "--precision",
+        metavar="fp32|bf16|fp16",
+        help="Must be the study's precision (part of its recipe); default: the study's.",
+        show_default=False,
+    ),
     tracking_uri: str | None = typer.Option(
         None,
         "--tracking-uri",
@@ -459,8 +500,11 @@ def worker(
     from mtlsearch.search import join
 
     quiet_libraries()
-    n_threads = set_threads(threads)
-    ctx = join(study_name, storage, seed=seed, threads=n_threads)
+    on_device = _device_name(device)
+    precision_name = check_precision_flag(precision)
+    n_threads = set_threads(threads, nproc)  # with --nproc: the threads of each rank
+    ctx = join(study_name, storage, seed=seed, threads=n_threads, device=on_device, precision=precision_name)
+    ctx.nproc = nproc
     _attach_tracking(ctx, tracking_uri, not no_mlflow, storage)
     _run(ctx, 1, timeout, quiet)
     _finish(ctx, print_front=False)

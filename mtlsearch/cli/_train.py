@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,19 @@ from rich.table import Table
 
 from mtlsearch._errors import UserError
 from mtlsearch._yaml import option_value, read_yaml_file, require_mapping
-from mtlsearch.cli._common import check_spec_path, max_rows_option, set_threads, threads_option, with_max_rows
+from mtlsearch.cli._common import (
+    check_spec_path,
+    device_option,
+    max_rows_option,
+    precision_option,
+    set_threads,
+    threads_option,
+    training_on,
+    with_max_rows,
+)
 from mtlsearch.cli._common import console as wide_console
+from mtlsearch.cli._ddp import launch as launch_ranks
+from mtlsearch.cli._ddp import nproc_option, rank_threads
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +87,10 @@ def _metrics_table(title: str, valid: dict, test: dict) -> Table:
 
 
 def _utilisation_table(utilisation: dict[str, dict[str, float]]) -> Table:
-    table = Table(title="expert utilisation (mean gate weight, validation split)")
+    table = Table(
+        title="expert utilisation (mean gate weight, validation split; dead_units: share of an "
+        "expert's output units that are 0 on every row)"
+    )
     table.add_column("gate")
     table.add_column("experts")
     for gate, weights in utilisation.items():
@@ -96,47 +111,85 @@ def train(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
     threads: int | None = threads_option(),
+    device: str | None = device_option(),
+    precision: str | None = precision_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    nproc: int | None = nproc_option(),
+    max_memory: str | None = typer.Option(
+        None,
+        "--max-memory",
+        help="Refuse a config whose estimated training memory exceeds this (8GiB, 512MiB, bytes); "
+        "default: $MTLSEARCH_MAX_MEMORY, else 90% of the available memory.",
+        show_default=False,
+    ),
 ) -> None:
     """Train one experiment config, print the per-task table, write a checkpoint directory
     (its metrics.json records the thread count, the --max-rows subsample if any and, for a
-    --data spec, how to read its rows)."""
-    from mtlsearch.train import ExperimentConfig, TrainConfig, TrainingDiverged, fit, save_checkpoint
+    --data spec, how to read its rows). Under torchrun (or ``--nproc N``) each process is one
+    DDP rank and rank 0 alone prints and writes."""
+    from mtlsearch.train import (
+        ExperimentConfig,
+        TrainConfig,
+        TrainingDiverged,
+        fit,
+        resolve_device,
+        save_checkpoint,
+    )
 
     # Fail on a bad training section before the data load, which can take a while.
     raw = _read_yaml_mapping(config, "experiment config")
     try:
-        TrainConfig.from_dict(raw.get("training"))
+        given_training = TrainConfig.from_dict(raw.get("training"))
     except UserError as exc:
         raise UserError(f"{config}: {exc}") from None
+    training_on(given_training, device, precision, str(config))  # the device is present, the flags valid
     out = out or Path("runs") / f"{config.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and not overwrite:
         raise UserError(f"{out}: already exists; pass --overwrite or choose another --out")
-    n_threads = set_threads(threads)
+    from mtlsearch.train import distributed
+
+    if (nproc or 1) > 1 or distributed.launched():  # DDP: decided before any rank starts
+        distributed.check_weighting(given_training.loss_weighting.method)
+    if (nproc or 1) > 1 and not distributed.launched():
+        raise typer.Exit(launch_ranks(nproc, threads))
+    n_threads = set_threads(rank_threads(threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     ds = _load_data(data, dataset, data_dir, option, data_seed, max_rows)
     experiment = ExperimentConfig.load(config, inputs=ds.input_spec(), tasks=ds.tasks)
+    experiment = replace(
+        experiment, training=training_on(experiment.training, device, precision, str(config))
+    )
+    group = distributed.fit_group(resolve_device(experiment.training.device, "--device"))
+    distributed.install_rank_logging(group.ctx if group is not None else None)
     try:
-        result = fit(experiment, ds, progress=not quiet)
+        result = fit(experiment, ds, progress=not quiet, max_memory=max_memory)
     except TrainingDiverged as exc:
         # Bad settings, not a bug: one line, exit 2, and nothing written (the checkpoint
         # is saved only after a finished fit).
         raise UserError(f"{config}: {exc}; {_divergence_hint(experiment.training)}") from None
+    if group is not None and not group.is_main:  # rank 0 alone prints and writes
+        distributed.shutdown()
+        return
     console = _console()
     title = (
         f"{experiment.model.name} on {ds.name}: best epoch {result.best_epoch + 1} of "
-        f"{len(result.history)}, {result.n_params:,} parameters, {result.seconds:.1f} s"
+        f"{len(result.history)}, {result.n_params:,} parameters, {result.seconds:.1f} s "
+        f"on {result.device}, {result.precision}"
     )
     console.print(_metrics_table(title, result.valid, result.test))
     if result.utilisation:
         console.print(_utilisation_table(result.utilisation))
     path = save_checkpoint(result, ds, out, overwrite=overwrite)
     extra: dict[str, Any] = {"threads": n_threads}
+    if group is not None:
+        extra["processes"] = group.ctx.world_size
     if "max_rows" in ds.meta:  # trained on a subsample: say so beside the metrics
         extra["max_rows"] = {"max_rows": ds.meta["max_rows"], "train_rows": ds.meta["train_rows"]}
     if data is not None:
         extra["input"] = _reading_options(ds)
     _annotate_metrics(path, extra)
     console.print(f"checkpoint: {path}")
+    if group is not None:
+        distributed.shutdown()
 
 
 #: How ``predict`` reads rows: the keys of a spec's ``files`` section it reuses.
@@ -224,6 +277,12 @@ def predict(
         help="Field separator of --input (',', ';', tab, ...); default: tab for .tsv, else the "
         "separator of the spec the model was trained from, else a comma.",
     ),
+    stream: bool = typer.Option(
+        False,
+        "--stream",
+        help="Read --input (a file, a folder of shards or a glob) in record batches and write "
+        "the predictions batch by batch, never holding all rows.",
+    ),
 ) -> None:
     """Score raw rows through a checkpoint's saved preprocessing."""
     from mtlsearch.data import read_table
@@ -236,6 +295,11 @@ def predict(
     checkpoint = load_checkpoint(model)
     saved = checkpoint.metrics.get("input") if isinstance(checkpoint.metrics.get("input"), dict) else {}
     options = predict_reading(input_file, saved, sep)
+    if stream:
+        from mtlsearch.train._stream_predict import predict_stream
+
+        predict_stream(checkpoint, input_file, output, FileSpec(path=str(input_file), **options))
+        return
     frame = read_table(input_file, FileSpec(path=str(input_file), **options))
     predictions = predict_rows(checkpoint, frame, source=str(input_file))
     _write_table(predictions, output)
@@ -271,6 +335,8 @@ def baselines(
     ),
     out: Path | None = typer.Option(None, "--out", help="Write the report as JSON."),
     threads: int | None = threads_option(),
+    device: str | None = device_option(),
+    precision: str | None = precision_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train single-task models and MTL presets with the same budget; report gains and seesaw."""
@@ -286,6 +352,7 @@ def baselines(
         train_cfg = TrainConfig.from_dict(train_raw)
     except UserError as exc:
         raise UserError(f"{training or '--epochs'}: {exc}") from None
+    train_cfg = training_on(train_cfg, device, precision, str(training or ""))
     size_args = _read_yaml_mapping(sizes, "sizes file") if sizes is not None else {}
     size_args = {k: tuple(v) if isinstance(v, list) else v for k, v in size_args.items()}
     n_threads = set_threads(threads)

@@ -31,6 +31,7 @@ from mtlsearch.data._spec import (
     SplitSpec,
     TaskDef,
 )
+from mtlsearch.data._streamsplit import StreamSplit, is_streamed
 from mtlsearch.data._synthetic import make_synthetic, synthetic_arrays
 from mtlsearch.data._tables import load_from_spec
 from mtlsearch.data._tensors import MTLDataset, TensorSplit
@@ -48,6 +49,7 @@ __all__ = [
     "Preprocessor",
     "SpecError",
     "SplitSpec",
+    "StreamSplit",
     "TaskDef",
     "TensorSplit",
     "cache_dir",
@@ -56,6 +58,7 @@ __all__ = [
     "check_max_rows",
     "describe",
     "fetch_verified",
+    "is_streamed",
     "load_ali_ccp",
     "load_aliexpress",
     "load_builtin",

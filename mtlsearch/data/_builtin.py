@@ -276,13 +276,44 @@ ALI_CCP_LAYOUTS = (
     ("ali_ccp_train.csv", "ali_ccp_val.csv", "ali_ccp_test.csv"),
     ("ali_ccp_train_sample.csv", "ali_ccp_val_sample.csv", "ali_ccp_test_sample.csv"),
 )
-_CLICK_CONVERSION = "ctr: click over impressions; cvr: conversion over clicks (masked to click = 1)"
+_CLICK_CONVERSION = (
+    "ctr: click over impressions; cvr: conversion over clicks (masked to click = 1); "
+    "ctcvr: conversion over impressions"
+)
+
+
+def _click_conversion_tasks(conversion: str) -> tuple[TaskDef, ...]:
+    """ctr (click, all impressions), cvr (conversion, in the clicked sample space: the PLE
+    paper's setting) and ctcvr (conversion over all impressions, unclicked rows 0: the
+    ESMM paper's CTCVR and what the MTReclib tables call the conversion task)."""
+    return (
+        TaskDef("ctr", "click", "binary"),
+        TaskDef("cvr", conversion, "binary", mask=(MaskSpec("click", values=(1,)),)),
+        TaskDef("ctcvr", conversion, "binary"),
+    )
+
+
+def _entire_space(ds: MTLDataset) -> MTLDataset:
+    """``ds`` with the ctcvr labels zeroed where click = 0 (a conversion without a click is
+    not a click-through conversion); the shipped files have none, so this is a guard."""
+    splits = {}
+    for name in ("train", "valid", "test"):
+        part = getattr(ds, name)
+        ctcvr = part.labels["ctcvr"] * part.labels["ctr"]
+        changed = int((ctcvr != part.labels["ctcvr"]).sum())
+        if changed:
+            log.warning(
+                "%s: %d %s row(s) convert without a click; ctcvr counts them as 0", ds.name, changed, name
+            )
+        splits[name] = replace(part, labels={**part.labels, "ctcvr": ctcvr})
+    return replace(ds, **splits)
 
 
 def load_ali_ccp(data_dir: str | Path | None = None, *, min_frequency: int = 1) -> MTLDataset:
     """Ali-CCP (ESMM paper) as torch-rechub preprocesses it: train/val/test CSVs with label-
-    encoded categorical fields and dense ``D*`` features. Tasks: ctr (click) and cvr
-    (purchase, in the sample space click = 1, the PLE paper's setting)."""
+    encoded categorical fields and dense ``D*`` features. Tasks: ctr (click), cvr
+    (purchase, in the sample space click = 1, the PLE paper's setting) and ctcvr (purchase
+    over all impressions, 0 where click = 0: the ESMM paper's CTCVR)."""
     found = find_files(ALI_CCP_LAYOUTS, data_dir, ["ali-ccp", "ali-ccp-sample", "ali_ccp"])
     if not found:
         raise _not_found("ali-ccp", ALI_CCP_LAYOUTS, data_dir)
@@ -290,17 +321,14 @@ def load_ali_ccp(data_dir: str | Path | None = None, *, min_frequency: int = 1) 
     spec = DatasetSpec(
         name="ali-ccp",
         files=FileSpec(train=str(found[0]), valid=str(found[1]), test=str(found[2])),
-        tasks=(
-            TaskDef("ctr", "click", "binary"),
-            TaskDef("cvr", "purchase", "binary", mask=(MaskSpec("click", values=(1,)),)),
-        ),
+        tasks=_click_conversion_tasks("purchase"),
         features=FeatureSpec(
             numeric=tuple(c for c in cols if c.startswith("D")),
             categorical=tuple(c for c in cols if not c.startswith("D")),
             min_frequency=min_frequency,
         ),
     )
-    return load_from_spec(spec)
+    return _entire_space(load_from_spec(spec))
 
 
 ALIEXPRESS_LAYOUTS = (
@@ -314,8 +342,9 @@ def load_aliexpress(
     data_dir: str | Path | None = None, *, seed: int = 0, min_frequency: int = 1
 ) -> MTLDataset:
     """AliExpress (Tianchi 74690, the MTReclib layout): ``categorical_*``, ``numerical_*``,
-    click and conversion. Tasks: ctr and cvr (masked to click = 1). There is no validation
-    file, so the test file is split 1:1 (seeded, stratified) as for Census-Income."""
+    click and conversion. Tasks: ctr, cvr (masked to click = 1) and ctcvr (conversion over
+    all impressions, the MTReclib tables' conversion AUC). There is no validation file, so
+    the test file is split 1:1 (seeded, stratified) as for Census-Income."""
     found = find_files(ALIEXPRESS_LAYOUTS, data_dir, ["aliexpress", "aliexpress-sample"])
     if not found:
         raise _not_found("aliexpress", ALIEXPRESS_LAYOUTS, data_dir)
@@ -323,10 +352,7 @@ def load_aliexpress(
     spec = DatasetSpec(
         name="aliexpress",
         files=FileSpec(train=str(found[0]), test=str(found[1])),
-        tasks=(
-            TaskDef("ctr", "click", "binary"),
-            TaskDef("cvr", "conversion", "binary", mask=(MaskSpec("click", values=(1,)),)),
-        ),
+        tasks=_click_conversion_tasks("conversion"),
         features=FeatureSpec(
             numeric=tuple(c for c in cols if c.startswith("numerical_")),
             categorical=tuple(c for c in cols if c.startswith("categorical_")),
@@ -335,7 +361,7 @@ def load_aliexpress(
         ),
         split=SplitSpec(valid=0.5, test=0.0, valid_from="test", seed=seed),
     )
-    return load_from_spec(spec)
+    return _entire_space(load_from_spec(spec))
 
 
 # ---- synthetic ---------------------------------------------------------------------------

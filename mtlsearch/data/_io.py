@@ -2,14 +2,21 @@
 
 pandas and pyarrow report bad files with multi-line messages or tracebacks; here every
 failure becomes a :class:`UserError` with the file name and the first line of the cause.
+
+A table path is one file, a folder (its ``.parquet``/``.pq`` files, else its ``.csv``/
+``.tsv``/``.txt`` files, gzip or not; hidden and ``_``-prefixed names such as ``_SUCCESS``
+are skipped) or a glob pattern (``shards/part-*.parquet``); :func:`data_files` lists them in
+name order. Every file of a set must have the first file's columns (and, for Parquet, their
+types): a shard with a missing, extra or retyped column is refused naming file and column.
 """
 
 from __future__ import annotations
 
 import difflib
+import glob
 import logging
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +27,8 @@ from mtlsearch.data._spec import FileSpec
 log = logging.getLogger(__name__)
 
 _PARQUET_SUFFIXES = {".parquet", ".pq"}
+_CSV_SUFFIXES = {".csv", ".tsv", ".txt"}
+_GLOB_CHARS = set("*?[")
 
 
 def first_line(exc: object) -> str:
@@ -33,11 +42,120 @@ def first_line(exc: object) -> str:
 def table_format(path: Path, declared: str = "auto") -> str:
     if declared != "auto":
         return declared
-    return "parquet" if path.suffix.lower() in _PARQUET_SUFFIXES else "csv"
+    return "parquet" if _suffix(Path(path)) in _PARQUET_SUFFIXES else "csv"
+
+
+def _suffix(path: Path) -> str:
+    """The format suffix, ignoring a trailing ``.gz``/``.bz2``/``.zst``/``.xz``."""
+    suffixes = [x.lower() for x in path.suffixes]
+    while suffixes and suffixes[-1] in (".gz", ".bz2", ".zst", ".xz"):
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
+def is_file_set(path: str | Path) -> bool:
+    """Whether ``path`` names several files: a folder, or a glob pattern that is no file."""
+    p = Path(path)
+    return p.is_dir() or (not p.exists() and bool(_GLOB_CHARS & set(str(path))))
+
+
+def data_files(path: str | Path, declared: str = "auto") -> list[Path]:
+    """The files a table path names, in name order (see the module docstring).
+
+    Errors (one line): a pattern that matches no file, a folder without data files, a
+    folder or pattern whose files mix Parquet and CSV under ``format: auto``.
+    """
+    p = Path(path)
+    if p.is_dir():
+        names = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith((".", "_")))
+        if declared == "parquet":
+            found = [f for f in names if _suffix(f) in _PARQUET_SUFFIXES]
+        elif declared == "csv":
+            found = [f for f in names if _suffix(f) in _CSV_SUFFIXES]
+        else:
+            found = [f for f in names if _suffix(f) in _PARQUET_SUFFIXES] or [
+                f for f in names if _suffix(f) in _CSV_SUFFIXES
+            ]
+        if not found:
+            kinds = {"parquet": ".parquet/.pq", "csv": ".csv/.tsv/.txt"}.get(declared, ".parquet or .csv")
+            raise UserError(f"{p}: the folder holds no {kinds} files")
+        return found
+    if not p.exists() and _GLOB_CHARS & set(str(path)):
+        found = sorted(Path(f) for f in glob.glob(str(path)) if Path(f).is_file())
+        if not found:
+            raise UserError(f"{path}: no file matches the pattern")
+        if declared == "auto" and len({table_format(f) for f in found}) > 1:
+            raise UserError(f"{path}: the pattern matches both Parquet and CSV files; narrow it")
+        return found
+    return [p]
+
+
+def check_same_columns(first: Path, first_cols: Sequence[str], path: Path, cols: Sequence[str]) -> None:
+    """Refuse a file of a set whose column names differ from the first file's."""
+    for c in first_cols:
+        if c not in cols:
+            raise UserError(f"{path}: no column {c!r} (the first file of the set, {first.name}, has it)")
+    for c in cols:
+        if c not in first_cols:
+            raise UserError(f"{path}: column {c!r} is not in the first file of the set ({first.name})")
+
+
+def parquet_schema(path: Path):  # -> pyarrow.Schema
+    """The schema in a Parquet file's footer; a corrupt or truncated file is a one-line
+    :class:`UserError` naming it."""
+    import pyarrow.parquet as pq
+
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: the file is empty")
+    try:
+        return pq.read_schema(path)
+    except Exception as exc:  # ArrowInvalid, OSError: not Parquet, truncated footer
+        raise UserError(f"{path}: cannot read as PARQUET ({first_line(exc)})") from None
+
+
+def check_parquet_set(paths: Sequence[Path]) -> None:
+    """Every Parquet file of a set readable, with the first file's column names and types."""
+    first = parquet_schema(paths[0])
+    _reject_duplicates(paths[0], list(first.names))
+    for path in paths[1:]:
+        schema = parquet_schema(path)
+        check_same_columns(paths[0], first.names, path, schema.names)
+        for name in first.names:
+            want, got = first.field(name).type, schema.field(name).type
+            if want != got:
+                raise UserError(
+                    f"{path}: column {name!r} is {got} here but {want} in the first file of the set "
+                    f"({paths[0].name})"
+                )
 
 
 def read_table(path: str | Path, files: FileSpec | None = None) -> pd.DataFrame:
-    """Read one table with the reading options of ``files``.
+    """Read a table (one file, a folder of shards or a glob pattern) with the reading
+    options of ``files``; the files of a set are checked (:func:`check_parquet_set`, same
+    CSV columns) and joined in name order, rows numbered 0..N-1 across them.
+
+    Errors (one line, naming the file): see :func:`read_one_file` and :func:`data_files`.
+    """
+    files = files or FileSpec(path=str(path))
+    if not is_file_set(path):
+        return read_one_file(path, files)
+    paths = data_files(path, files.format)
+    if table_format(paths[0], files.format) == "parquet":
+        check_parquet_set(paths)
+    frames = []
+    for p in paths:
+        frame = read_one_file(p, files)
+        if frames:
+            check_same_columns(paths[0], list(frames[0].columns), p, list(frame.columns))
+            frame = frame[list(frames[0].columns)]
+        frames.append(frame)
+    out = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    log.debug("read %s: %d files, %d rows x %d columns", path, len(paths), *out.shape)
+    return out
+
+
+def read_one_file(path: str | Path, files: FileSpec | None = None, nrows: int | None = None) -> pd.DataFrame:
+    """Read one table file with the reading options of ``files``.
 
     Errors (one line, naming the file): no such file, empty file, a file that is not valid
     CSV/Parquet (including truncated gzip), a header that names a column twice (pandas
@@ -65,6 +183,7 @@ def read_table(path: str | Path, files: FileSpec | None = None) -> pd.DataFrame:
                 na_values=list(files.na_values) if files.na_values is not None else None,
                 keep_default_na=files.na_values is None,
                 low_memory=False,
+                nrows=nrows,
             )
             if files.header:
                 _check_header(path, files)
@@ -141,4 +260,13 @@ def require_columns(frame: pd.DataFrame, columns: Iterable[str], source: str, wh
         raise UserError(f"{source}: no column {col!r} ({what}); {hint}")
 
 
-__all__ = ["first_line", "read_table", "require_columns", "table_format"]
+__all__ = [
+    "check_parquet_set",
+    "data_files",
+    "first_line",
+    "is_file_set",
+    "parquet_schema",
+    "read_table",
+    "require_columns",
+    "table_format",
+]

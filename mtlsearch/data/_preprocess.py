@@ -1,9 +1,18 @@
 """Preprocessing fitted on the training split only, and saved with a trained model.
 
 * categorical -> integer codes: ``0`` is the out-of-vocabulary bucket (values unseen in
-  training, or seen fewer than ``min_frequency`` times), ``1..K`` the vocabulary in order of
-  training frequency. Missing values are a category of their own (``<missing>``): absence
-  is often informative, and pandas 3 would otherwise give code -1 (see pitfalls.md).
+  training, or seen fewer than ``min_frequency`` times, or beyond the ``max_categories``
+  most frequent), ``1..K`` the vocabulary in order of training frequency. Missing values are
+  a category of their own (``<missing>``): absence is often informative, and pandas 3 would
+  otherwise give code -1 (see pitfalls.md). The OOV row is trained only if some training
+  rows carry code 0: with the default ``min_frequency: 2`` the values seen once in training
+  do (unseen test values are, by Good-Turing's estimate, as frequent as the training
+  singletons, and a value seen once gets almost no training of its own row anyway). With
+  ``min_frequency: 1`` (the default before 2026-11) the OOV row of a column is never
+  trained: unseen test values get its random initial embedding.
+* hashed categorical (``hash_buckets: N``) -> ``1 + stablehash(key) mod N``, ``0`` for a
+  missing value (:mod:`mtlsearch.data._hashing`): no vocabulary, no OOV (every value has a
+  bucket), for ids too many to count or embed.
 * numeric -> standardised with the training mean/std; missing values are imputed with the
   mean (0 after scaling) and, for columns that had any missing value in training, flagged
   in an extra ``<column>:missing`` indicator column.
@@ -23,7 +32,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +45,7 @@ from torch import Tensor
 
 from mtlsearch._errors import UserError
 from mtlsearch.arch import TaskSpec
+from mtlsearch.data._hashing import HASH_NAME, MAX_BUCKETS, bucket_codes
 from mtlsearch.data._io import require_columns
 from mtlsearch.data._spec import MaskSpec, Scalar, TaskDef, to_plain
 from mtlsearch.data._tensors import TensorSplit
@@ -120,6 +130,19 @@ def _examples(keys: pd.Series, bad: np.ndarray, n: int = 3) -> str:
 
 
 # ---- features ----------------------------------------------------------------------------
+def vocab_from_counts(
+    counts: pd.Series, min_frequency: int = 1, max_categories: int | None = None
+) -> tuple[str, ...]:
+    """The vocabulary from training counts (index: category keys): keys seen at least
+    ``min_frequency`` times, most frequent first, ties by key (deterministic whatever the
+    row order), cut to the first ``max_categories`` when given."""
+    counts = counts[counts >= min_frequency]
+    order = np.lexsort((counts.index.to_numpy(dtype=str), -counts.to_numpy()))
+    if max_categories is not None:
+        order = order[:max_categories]
+    return tuple(str(k) for k in counts.index[order])
+
+
 @dataclass(frozen=True)
 class CategoricalEncoder:
     """``vocab[i]`` gets code ``i + 1``; anything else code 0 (out of vocabulary)."""
@@ -132,16 +155,66 @@ class CategoricalEncoder:
         return len(self.vocab) + 1
 
     @classmethod
-    def fit(cls, col: pd.Series, min_frequency: int = 1) -> CategoricalEncoder:
+    def fit(
+        cls, col: pd.Series, min_frequency: int = 1, max_categories: int | None = None
+    ) -> CategoricalEncoder:
         counts = category_keys(col).value_counts(sort=False)
-        counts = counts[counts >= min_frequency]
-        # most frequent first, ties by key: deterministic whatever the row order
-        order = np.lexsort((counts.index.to_numpy(dtype=str), -counts.to_numpy()))
-        return cls(column=str(col.name), vocab=tuple(str(k) for k in counts.index[order]))
+        return cls(column=str(col.name), vocab=vocab_from_counts(counts, min_frequency, max_categories))
 
     def encode(self, col: pd.Series) -> np.ndarray:
         codes = index_in(category_keys(col), self.vocab)
         return (codes + 1).astype(np.int64)  # -1 (unknown) -> 0, the OOV bucket
+
+    @classmethod
+    def from_plain(cls, data: Mapping[str, Any]) -> CategoricalEncoder:
+        return cls(data["column"], tuple(data["vocab"]))
+
+
+@dataclass(frozen=True)
+class HashedEncoder:
+    """Code ``1 + stablehash(key) mod buckets``; 0 for a missing value (see
+    :mod:`mtlsearch.data._hashing`). ``hash`` names the hash function, checked on load."""
+
+    column: str
+    buckets: int
+    hash: str = HASH_NAME
+    kind: str = field(default="hash", init=False)
+
+    def __post_init__(self) -> None:
+        if self.hash != HASH_NAME:
+            raise UserError(
+                f"preprocessor: column {self.column!r} was hashed with {self.hash!r}; this version "
+                f"hashes with {HASH_NAME!r}"
+            )
+        if not (isinstance(self.buckets, int) and 1 <= self.buckets <= MAX_BUCKETS):
+            raise UserError(f"preprocessor: column {self.column!r}: bad hash_buckets {self.buckets!r}")
+
+    @property
+    def cardinality(self) -> int:
+        return self.buckets + 1
+
+    @property
+    def vocab(self) -> tuple[str, ...]:
+        """A hashed column has no vocabulary: readers that need one (the serving program's
+        ``vocab.json``, which does not hash yet) get a one-line :class:`UserError`."""
+        raise UserError(
+            f"column {self.column!r} is hashed (hash_buckets: {self.buckets}); it has no vocabulary, "
+            "and exporting a serving program for hashed columns is not supported yet"
+        )
+
+    def encode(self, col: pd.Series) -> np.ndarray:
+        return bucket_codes(category_keys(col), self.buckets, MISSING)
+
+    @classmethod
+    def from_plain(cls, data: Mapping[str, Any]) -> HashedEncoder:
+        return cls(data["column"], int(data["buckets"]), data.get("hash", HASH_NAME))
+
+
+#: How a saved categorical encoder (``kind``; none: a vocabulary) is read back.
+CATEGORICAL_ENCODERS: dict[str, Callable[[Mapping[str, Any]], CategoricalEncoder | HashedEncoder]] = {
+    "vocab": CategoricalEncoder.from_plain,
+    "hash": HashedEncoder.from_plain,
+}
 
 
 @dataclass(frozen=True)
@@ -227,7 +300,7 @@ def _multiclass(task: TaskDef, classes: tuple[str, ...] | None, col: pd.Series, 
     return np.where(present, codes, 0).astype(np.int64), present
 
 
-_LABEL_ENCODERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
+LABEL_ENCODERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
     "binary": _binary,
     "regression": _regression,
     "multiclass": _multiclass,
@@ -255,7 +328,7 @@ def mask_rows(mask: Sequence[MaskSpec], frame: pd.DataFrame, source: str) -> np.
     return keep
 
 
-def _sorted_classes(col: pd.Series) -> tuple[str, ...]:
+def sorted_classes(col: pd.Series) -> tuple[str, ...]:
     keys = np.asarray(category_keys(col).unique(), dtype=object)
     keys = keys[keys != MISSING]
     as_num = pd.to_numeric(pd.Series(keys, dtype=object), errors="coerce")
@@ -290,9 +363,7 @@ class TaskEncoder:
         if task.kind != "multiclass":
             return cls(task)
         classes = (
-            tuple(value_keys(task.classes))
-            if task.classes is not None
-            else _sorted_classes(frame[task.label])
+            tuple(value_keys(task.classes)) if task.classes is not None else sorted_classes(frame[task.label])
         )
         if len(classes) < 2:
             raise UserError(
@@ -313,7 +384,7 @@ class TaskEncoder:
         col = frame[task.label]
         if not col.notna().any():
             raise UserError(f"{source}: label column {task.label!r} of task {task.name!r} is all missing")
-        y, present = _LABEL_ENCODERS[task.kind](task, self.classes, col, source)
+        y, present = LABEL_ENCODERS[task.kind](task, self.classes, col, source)
         return y, present & mask_rows(task.mask, frame, source)
 
     def row_weights(self, frame: pd.DataFrame, mask: np.ndarray, source: str) -> np.ndarray | None:
@@ -350,7 +421,7 @@ class Preprocessor:
     """The fitted transform from raw rows to tensors. Fit on training rows only."""
 
     numeric: tuple[NumericScaler, ...]
-    categorical: tuple[CategoricalEncoder, ...]
+    categorical: tuple[CategoricalEncoder | HashedEncoder, ...]
     tasks: tuple[TaskEncoder, ...]
 
     @classmethod
@@ -364,15 +435,25 @@ class Preprocessor:
         min_frequency: int = 1,
         missing_indicator: bool = True,
         source: str = "training rows",
+        hash_buckets: Mapping[str, int] | None = None,
+        max_categories: int | None = None,
     ) -> Preprocessor:
         """Learn the encodings from ``frame``, which must be the training rows only: fitting
         on validation or test rows would leak their statistics (means, vocabularies) into
         the model. ``tasks`` adds the label transforms (multiclass classes are fitted here);
-        ``source`` names the rows in error messages."""
+        ``source`` names the rows in error messages. A categorical column named in
+        ``hash_buckets`` is hashed into that many buckets instead of counted; the others keep
+        at most ``max_categories`` values (the most frequent) when it is given."""
         require_columns(frame, [*numeric_cols, *categorical_cols], source, "a feature")
+        hashed = dict(hash_buckets or {})
         return cls(
             numeric=tuple(NumericScaler.fit(frame[c], source, missing_indicator) for c in numeric_cols),
-            categorical=tuple(CategoricalEncoder.fit(frame[c], min_frequency) for c in categorical_cols),
+            categorical=tuple(
+                HashedEncoder(c, hashed[c])
+                if c in hashed
+                else CategoricalEncoder.fit(frame[c], min_frequency, max_categories)
+                for c in categorical_cols
+            ),
             tasks=tuple(TaskEncoder.fit(t, frame, source) for t in tasks),
         )
 
@@ -472,7 +553,7 @@ class Preprocessor:
             return cls(
                 numeric=tuple(NumericScaler(**s) for s in data["numeric"]),
                 categorical=tuple(
-                    CategoricalEncoder(e["column"], tuple(e["vocab"])) for e in data["categorical"]
+                    CATEGORICAL_ENCODERS[e.get("kind", "vocab")](e) for e in data["categorical"]
                 ),
                 tasks=tuple(
                     TaskEncoder(
@@ -515,8 +596,10 @@ def _task_from_plain(d: Mapping[str, Any]) -> TaskDef:
 
 
 __all__ = [
+    "CATEGORICAL_ENCODERS",
     "MISSING",
     "CategoricalEncoder",
+    "HashedEncoder",
     "NumericScaler",
     "Preprocessor",
     "TaskEncoder",
@@ -524,4 +607,5 @@ __all__ = [
     "mask_rows",
     "to_numeric",
     "value_keys",
+    "vocab_from_counts",
 ]

@@ -16,7 +16,9 @@ Example::
       numeric: auto                 # or a list of columns
       categorical: [user_id, item_id]
       exclude: [request_id]
-      min_frequency: 5              # rarer values share the out-of-vocabulary code
+      min_frequency: 5              # rarer values share the out-of-vocabulary code (default 2)
+      max_categories: 100000        # optional: keep only the most frequent values per column
+      hash_buckets: {user_id: 1048576}  # hashed, not counted: for ids too many to count
     tasks:
       - {name: ctr, label: click, kind: binary}
       - {name: cvr, label: purchase, kind: binary, where: {click: 1}}
@@ -45,6 +47,7 @@ from typing import Any, Literal, get_args
 
 from mtlsearch._errors import UserError
 from mtlsearch._yaml import dump_yaml, read_yaml_file
+from mtlsearch.data._hashing import MAX_BUCKETS as _MAX_BUCKETS
 
 TaskKind = Literal["binary", "regression", "multiclass"]
 FileFormat = Literal["auto", "csv", "parquet"]
@@ -52,6 +55,11 @@ SplitSource = Literal["train", "test"]
 Scalar = str | int | float | bool
 
 AUTO = "auto"
+#: Categorical values seen fewer times in training share the out-of-vocabulary code. 2 (it
+#: was 1 before 2026-11) so that the OOV row is trained on the training singletons.
+DEFAULT_MIN_FREQUENCY = 2
+#: Rows a streamed split's shuffle buffer holds (``shuffle_buffer``; see ``data._streamsplit``).
+DEFAULT_SHUFFLE_BUFFER = 262_144
 
 
 class SpecError(UserError, ValueError):
@@ -126,6 +134,8 @@ def to_plain(obj: Any) -> Any:
         return {f.name: to_plain(getattr(obj, f.name)) for f in fields(obj)}
     if isinstance(obj, tuple | list):
         return [to_plain(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {k: to_plain(v) for k, v in obj.items()}
     return obj
 
 
@@ -295,13 +305,23 @@ class FeatureSpec:
     ``auto`` takes every remaining column (not a label, a mask column or excluded) of the
     matching dtype: numbers are numeric, anything else categorical. Listing the columns is
     the safer choice for integer codes (ids, zip codes) that are really categories.
+
+    ``min_frequency`` (default 2): rarer training values share the out-of-vocabulary code 0,
+    whose embedding row is then trained on them (unseen validation/test values use it); 1
+    gives every training value its own code and leaves the OOV row untrained.
+    ``max_categories``: keep only that many values per column (the most frequent).
+    ``hash_buckets: {column: N}``: the column is categorical and hashed into N buckets
+    (code ``1 + stablehash(value) mod N``, 0 for missing) instead of counted: for ids with
+    too many values to count or embed.
     """
 
     numeric: tuple[str, ...] | str = AUTO
     categorical: tuple[str, ...] | str = AUTO
     exclude: tuple[str, ...] = ()
-    min_frequency: int = 1
+    min_frequency: int = DEFAULT_MIN_FREQUENCY
     missing_indicator: bool = True
+    max_categories: int | None = None
+    hash_buckets: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         p = "features"
@@ -313,10 +333,47 @@ class FeatureSpec:
             f"expected an integer >= 1, got {self.min_frequency!r}",
         )
         _check(
+            self.max_categories is None
+            or (
+                isinstance(self.max_categories, int)
+                and not isinstance(self.max_categories, bool)
+                and self.max_categories >= 1
+            ),
+            f"{p}.max_categories",
+            f"expected an integer >= 1, got {self.max_categories!r}",
+        )
+        _check(
             isinstance(self.missing_indicator, bool),
             f"{p}.missing_indicator",
             "expected true or false",
         )
+        _check(
+            isinstance(self.hash_buckets, Mapping),
+            f"{p}.hash_buckets",
+            f"expected a mapping column: buckets, got {self.hash_buckets!r}",
+        )
+        for col, n in self.hash_buckets.items():
+            _check(
+                isinstance(col, str) and col != "",
+                f"{p}.hash_buckets",
+                f"expected a column name, got {col!r}",
+            )
+            _check(
+                isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= _MAX_BUCKETS,
+                f"{p}.hash_buckets.{col}",
+                f"expected a number of buckets in [1, {_MAX_BUCKETS}], got {n!r}",
+            )
+            _check(
+                self.numeric == AUTO or col not in self.numeric,
+                f"{p}.hash_buckets.{col}",
+                "the column is listed in features.numeric; a hashed column is categorical",
+            )
+            _check(
+                self.categorical == AUTO or col in self.categorical,
+                f"{p}.hash_buckets.{col}",
+                "not in features.categorical (list it there too)",
+            )
+            _check(col not in self.exclude, f"{p}.hash_buckets.{col}", "the column is in features.exclude")
         for key in ("numeric", "categorical"):
             cols = getattr(self, key)
             if cols == AUTO:
@@ -339,6 +396,10 @@ class FeatureSpec:
                 kw[key] = _str_list(kw[key], f"{path}.{key}", allow_auto=True)
         if "exclude" in kw:
             kw["exclude"] = _str_list(kw["exclude"], f"{path}.exclude")
+        if kw.get("hash_buckets") is not None:
+            kw["hash_buckets"] = dict(_mapping(kw["hash_buckets"], f"{path}.hash_buckets"))
+        else:
+            kw.pop("hash_buckets", None)
         return cls(**kw)
 
 
@@ -530,7 +591,14 @@ class DatasetSpec:
     """A whole user dataset: files, split rule, features and tasks.
 
     File paths in a spec file are relative to the spec's folder; :meth:`load` makes them
-    absolute so the spec means the same thing from any working directory.
+    absolute so the spec means the same thing from any working directory. ``cache: true``
+    keeps the encoded splits in the user cache, keyed by spec, seed and the data files'
+    sizes and times, so later loads skip reading and encoding (:mod:`mtlsearch.data._cache`).
+
+    ``stream: true`` reads every split in record batches instead of holding it in memory
+    (:mod:`mtlsearch.data._streamsplit`): it needs ``files.train``, ``files.valid`` and
+    ``files.test`` (files, folders of shards or globs), since a random split of one table
+    cannot stream. ``shuffle_buffer`` (rows, default 262144) bounds the training shuffle.
     """
 
     name: str
@@ -538,9 +606,27 @@ class DatasetSpec:
     tasks: tuple[TaskDef, ...]
     features: FeatureSpec = field(default_factory=FeatureSpec)
     split: SplitSpec = field(default_factory=SplitSpec)
+    cache: bool = False  # keep the encoded splits in the user cache (mtlsearch.data._cache)
+    stream: bool = False  # read the splits in record batches (mtlsearch.data._streamsplit)
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and self.name != "", "name", "expected a non-empty name")
+        _check(isinstance(self.cache, bool), "cache", f"expected true or false, got {self.cache!r}")
+        _check(isinstance(self.stream, bool), "stream", f"expected true or false, got {self.stream!r}")
+        _check(
+            isinstance(self.shuffle_buffer, int) and not isinstance(self.shuffle_buffer, bool)
+            and self.shuffle_buffer >= 1,
+            "shuffle_buffer",
+            f"expected a number of rows >= 1, got {self.shuffle_buffer!r}",
+        )  # fmt: skip
+        if self.stream:
+            _check(
+                not self.files.single and self.files.valid is not None,
+                "stream",
+                "needs files.train, files.valid and files.test (a random split of one file cannot stream)",
+            )
+            _check(not self.cache, "cache", "not with stream: true (streamed splits are encoded per batch)")
         _check(len(self.tasks) >= 1, "tasks", "needs at least one task")
         for i, t in enumerate(self.tasks):
             t.validate(f"tasks[{i}]")
@@ -568,6 +654,12 @@ class DatasetSpec:
                 t.weight not in labels,
                 f"tasks[{i}].weight",
                 f"column {t.weight!r} is the label of task {labels.get(t.weight)!r}",
+            )
+        for c in self.features.hash_buckets:
+            _check(
+                c not in labels and c not in weights,
+                f"features.hash_buckets.{c}",
+                "the column is a task's label or weight column and cannot be a feature",
             )
         for key in ("numeric", "categorical"):
             cols = getattr(self.features, key)
@@ -620,6 +712,9 @@ class DatasetSpec:
             tasks=tuple(TaskDef.from_dict(t, f"tasks[{i}]") for i, t in enumerate(tasks_raw)),
             features=FeatureSpec.from_dict(data.get("features", {})),
             split=SplitSpec.from_dict(data.get("split", {})),
+            cache=data.get("cache", False),
+            stream=data.get("stream", False),
+            shuffle_buffer=data.get("shuffle_buffer", DEFAULT_SHUFFLE_BUFFER),
         )
 
     def to_yaml(self) -> str:

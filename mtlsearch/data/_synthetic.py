@@ -24,6 +24,31 @@ class SyntheticArrays:
     w: np.ndarray  # (2, d) the task weight vectors
 
 
+def synthetic_params(
+    rng: np.random.Generator, d: int, correlation: float, n_sines: int = 10, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The generator's fixed draws, in the paper's order: task weights ``w`` (2, d) with
+    cosine ``correlation`` and norm ``scale``, then the sine parameters ``alpha``, ``beta``
+    (n_sines,). ``ValueError`` for a correlation outside [-1, 1] or d < 2."""
+    if not -1.0 <= correlation <= 1.0:
+        raise ValueError(f"correlation must be in [-1, 1], got {correlation}")
+    if d < 2:
+        raise ValueError(f"need d >= 2, got d={d}")
+    q, _ = np.linalg.qr(rng.standard_normal((d, 2)))
+    u1, u2 = q[:, 0], q[:, 1]
+    w1 = scale * u1
+    w2 = scale * (correlation * u1 + np.sqrt(1.0 - correlation**2) * u2)
+    alpha = rng.standard_normal(n_sines)
+    beta = rng.standard_normal(n_sines)
+    return np.stack([w1, w2]), alpha, beta
+
+
+def synthetic_labels(linear: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """``y_k = l_k + sum_i sin(alpha_i l_k + beta_i)`` for linear parts ``linear`` (n, 2),
+    before the noise term: the paper's label equation."""
+    return linear + np.sin(linear[:, :, None] * alpha + beta).sum(-1)
+
+
 def synthetic_arrays(
     n: int = 20_000,
     d: int = 100,
@@ -39,22 +64,13 @@ def synthetic_arrays(
     3. x ~ N(0, I_d); 4. y_k = w_k^T x + sum_i sin(alpha_i w_k^T x + beta_i) + eps_k with
     alpha_i, beta_i ~ N(0, 1) shared by both tasks and eps_k ~ N(0, 0.01) (std 0.1).
     """
-    if not -1.0 <= correlation <= 1.0:
-        raise ValueError(f"correlation must be in [-1, 1], got {correlation}")
     if n < 1 or d < 2:
         raise ValueError(f"need n >= 1 and d >= 2, got n={n}, d={d}")
     rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.standard_normal((d, 2)))
-    u1, u2 = q[:, 0], q[:, 1]
-    w1 = scale * u1
-    w2 = scale * (correlation * u1 + np.sqrt(1.0 - correlation**2) * u2)
-    w = np.stack([w1, w2])
-    alpha = rng.standard_normal(n_sines)
-    beta = rng.standard_normal(n_sines)
+    w, alpha, beta = synthetic_params(rng, d, correlation, n_sines, scale)
     x = rng.standard_normal((n, d))
     linear = x @ w.T  # (n, 2)
-    sines = np.sin(linear[:, :, None] * alpha + beta).sum(-1)
-    y = linear + sines + noise_std * rng.standard_normal((n, 2))
+    y = synthetic_labels(linear, alpha, beta) + noise_std * rng.standard_normal((n, 2))
     return SyntheticArrays(x=x.astype(np.float32), y=y.astype(np.float32), linear=linear, w=w)
 
 

@@ -96,9 +96,15 @@ def resolve_features(frame: pd.DataFrame, spec: DatasetSpec, source: str) -> tup
         dt = frame[c].dtype
         return pd.api.types.is_numeric_dtype(dt) and not pd.api.types.is_bool_dtype(dt)
 
-    numeric = [c for c in remaining if is_number(c)] if fs.numeric == AUTO else list(fs.numeric)
+    hashed = set(fs.hash_buckets)  # categorical whatever their dtype
+    require_columns(frame, [c for c in fs.hash_buckets if c not in listed], source, "features.hash_buckets")
+    numeric = (
+        [c for c in remaining if is_number(c) and c not in hashed] if fs.numeric == AUTO else list(fs.numeric)
+    )
     categorical = (
-        [c for c in remaining if not is_number(c)] if fs.categorical == AUTO else list(fs.categorical)
+        [c for c in remaining if not is_number(c) or c in hashed]
+        if fs.categorical == AUTO
+        else list(fs.categorical)
     )
     if fs.numeric == AUTO:
         for c in remaining:
@@ -343,10 +349,24 @@ def check_sample_spaces(
 def load_from_spec(spec: DatasetSpec | str | Path, *, seed: int = 0) -> MTLDataset:
     """Load a user dataset: preprocessing is fitted on the training rows only.
 
-    ``seed`` drives the random split unless the spec fixes ``split.seed``.
+    ``seed`` drives the random split unless the spec fixes ``split.seed``. With the spec's
+    ``cache: true`` the encoded splits come from (or go into) the user cache; with
+    ``stream: true`` the splits are :class:`~mtlsearch.data.StreamSplit` objects, read per batch.
     """
     if not isinstance(spec, DatasetSpec):
         spec = DatasetSpec.load(spec)
+    if spec.stream:  # splits read in record batches (mtlsearch.data._streamsplit)
+        from mtlsearch.data._streamsplit import load_streaming
+
+        return load_streaming(spec, seed=seed)
+    if spec.cache:
+        from mtlsearch.data._cache import load_cached
+
+        return load_cached(spec, seed, _encode)
+    return _encode(spec, seed)
+
+
+def _encode(spec: DatasetSpec, seed: int) -> MTLDataset:
     parts = _read_parts(spec, seed)
     train = parts["train"]
     numeric, categorical = resolve_features(train.frame, spec, train.source)
@@ -358,6 +378,8 @@ def load_from_spec(spec: DatasetSpec | str | Path, *, seed: int = 0) -> MTLDatas
         min_frequency=spec.features.min_frequency,
         missing_indicator=spec.features.missing_indicator,
         source=train.source,
+        hash_buckets=spec.features.hash_buckets,
+        max_categories=spec.features.max_categories,
     )
     splits: dict[str, TensorSplit] = {}
     encoders = {t.task.name: t for t in pre.tasks}

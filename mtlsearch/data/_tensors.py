@@ -35,6 +35,11 @@ class TensorSplit:
     def __len__(self) -> int:
         return self.numeric.shape[0]
 
+    @property
+    def device(self) -> torch.device:
+        """Where the tensors are (a streamed split has the same property)."""
+        return self.numeric.device
+
     def take(self, idx: Tensor | slice) -> TensorSplit:
         return TensorSplit(
             numeric=self.numeric[idx],
@@ -49,7 +54,9 @@ class TensorSplit:
     ) -> Iterator[TensorSplit]:
         n = len(self)
         if shuffle:
-            order = torch.randperm(n, generator=generator)
+            order = torch.randperm(n, generator=generator).to(
+                self.numeric.device
+            )  # one copy, not one per batch
             for start in range(0, n, batch_size):
                 yield self.take(order[start : start + batch_size])
         else:

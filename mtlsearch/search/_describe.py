@@ -8,7 +8,9 @@ from typing import Any
 def describe_config(config: Any) -> str:
     """A short architecture summary from a trial's ``config`` user attr (an ExperimentConfig
     as a dict): per level ``<shared>s+<specific>p[<widths>] <select>`` plus ``+sg`` for a
-    shared gate and the gate kind/sharing/input when not the default; then the towers, lr, and
+    shared gate and the gate kind (with its k)/sharing/input, batch norm, AdaTT fusion, HoME's
+    expert norm and the expert activation when not the default; STEM's task embedding width
+    when set (``task-emb 8``); then the towers, lr, and
     the task balancing when not the plain sum (``fixed`` without weights): the method with
     its options, per-task weights/gamma and ``pos_weight``. E.g.
     ``L1 2s+1p[16] own+shared+sg | L2 2s+1p[16] own+shared | tower [8] | lr 0.005 | dwa(temperature=2)``.
@@ -36,16 +38,26 @@ def _describe(config: dict[str, Any]) -> str:
         gate = lv.get("select", "?") + ("+sg" if lv.get("shared_gate") else "")
         if lv.get("gate_kind", "softmax") != "softmax":
             kind = lv["gate_kind"]
-            gate += (
-                " no-gate" if kind == "none" else f" top{lv.get('top_k')}" if kind == "topk" else f" {kind}"
-            )
+            gate += " no-gate" if kind == "none" else f" {_GATE_LABELS.get(kind, kind)}{lv.get('top_k', '')}"
         if lv.get("gate_sharing", "per_task") != "per_task":
             gate += f" {lv['gate_sharing']}-gate"
         if lv.get("gate_input", "level") != "level":
             gate += f" {lv['gate_input']}-input"
         if lv.get("norm", "none") != "none":
             gate += f" {lv['norm']}norm"
+        if lv.get("fusion", "gate") != "gate":
+            gate += f" {lv['fusion']}"
+        if lv.get("expert_norm", "none") != "none":
+            gate += f" expert-{lv['expert_norm']}norm"
+        if lv.get("activation", "relu") != "relu":
+            gate += f" {lv['activation']}"
         parts.append(f"L{i + 1} {lv.get('n_shared', 0)}s+{spec}p[{widths}] {gate}")
+    task_dim = (model.get("inputs") or {}).get("task_embedding_dim", 0)
+    if task_dim:
+        parts.append(f"task-emb {task_dim}")
+    chained = _describe_chained(model.get("tasks") or [])
+    if chained:
+        parts.append(chained)
     towers = model.get("towers") or []
     if towers:
         parts.append(f"tower [{','.join(map(str, towers[0].get('hidden', [])))}]")
@@ -55,6 +67,20 @@ def _describe(config: dict[str, Any]) -> str:
     if balancing:
         parts.append(balancing)
     return " | ".join(parts) or "-"
+
+
+def _describe_chained(tasks: list[Any]) -> str:
+    """ESMM products and factor losses: ``ctcvr=ctr*cvr cvr:none`` (``cvr:ips0.1``)."""
+    out = [f"{t['name']}={'*'.join(t['product_of'])}" for t in tasks if t.get("product_of")]
+    for t in tasks:
+        if t.get("loss", "direct") != "direct":
+            weight = t.get("ips_weight")
+            out.append(f"{t['name']}:{t['loss']}{_number(weight) if weight is not None else ''}")
+    return " ".join(out)
+
+
+#: How a gate kind with ``top_k`` is shown, followed by its k: ``top2``, ``dselect_k2``.
+_GATE_LABELS = {"topk": "top", "dselect_k": "dselect_k", "noisy_top_k": "noisy_top"}
 
 
 def _number(v: Any) -> str:

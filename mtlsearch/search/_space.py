@@ -53,9 +53,12 @@ from mtlsearch.arch import (
     TowerConfig,
     preset,
 )
+from mtlsearch.arch._chained import FACTOR_LOSSES
 from mtlsearch.arch._config import (
     LEVEL_NUMBERS,
     TOP_K_BOUNDED_GATES,
+    ExpertNorm,
+    Fusion,
     GateInput,
     GateKind,
     GateSelect,
@@ -419,6 +422,102 @@ def _parse_loss_weighting(raw: Any, where: str) -> Param:
     return LossWeightingSpace(method, tuple(blocks))
 
 
+# ---- entire-space chained tasks (ESMM / ESCM²) ------------------------------------------------
+_CHAINED_KEYS = {"task", "product_of", "enabled", "loss", "ips_weight"}
+
+
+@dataclass(frozen=True)
+class ChainSpace:
+    """``chained:``: whether a data task is made the product of others (ESMM), and the last
+    factor's own loss (``none``: ESMM; ``direct``: masked to its sample space; ``ips``:
+    ESCM²'s regulariser, weighted by ``ips_weight``)::
+
+        chained:
+          task: ctcvr                      # a task of the data ...
+          product_of: [ctr, cvr]           # ... made ctr x cvr (when enabled)
+          enabled: {choice: [false, true]} # parameter chained.enabled
+          loss: {choice: [none, direct, ips]}            # chained.loss
+          ips_weight: {float: [0.01, 1.0], log: true}    # chained.ips_weight (loss ips only)
+
+    Disabled, the task keeps its own tower (the MTReclib setting), so every trial predicts
+    the same tasks. Only for data with these tasks (the AliExpress and Ali-CCP built-ins:
+    ctr, cvr, ctcvr); a trial on other data is a one-line UserError.
+    """
+
+    task: str
+    product_of: tuple[str, ...]
+    enabled: Param
+    loss: Param
+    ips_weight: Param | None
+
+    def leaves(self) -> dict[str, Param]:
+        out = {"chained.enabled": self.enabled, "chained.loss": self.loss}
+        if self.ips_weight is not None:
+            out["chained.ips_weight"] = self.ips_weight
+        return out
+
+    def apply(self, trial: Any, tasks: tuple[TaskSpec, ...], encoding: str) -> tuple[TaskSpec, ...]:
+        """``tasks`` (the data's) with the chain the trial draws."""
+        names = [t.name for t in tasks]
+        for name in (self.task, *self.product_of):
+            if name not in names:
+                raise UserError(f"chained: the data has no task {name!r}; its tasks are {names}")
+        enabled = self.enabled.suggest(trial, "chained.enabled")
+        sample = enabled or encoding == "fixed"
+        loss = self.loss.suggest(trial, "chained.loss") if sample else "direct"
+        weight = None
+        if self.ips_weight is not None and (loss == "ips" or encoding == "fixed"):
+            weight = as_float(self.ips_weight.suggest(trial, "chained.ips_weight"), "chained.ips_weight")
+        if not enabled:
+            return tasks
+        last = self.product_of[-1]
+        out = []
+        for t in tasks:
+            if t.name == self.task:
+                t = replace(t, product_of=self.product_of)
+            elif t.name == last:
+                t = replace(t, loss=loss, ips_weight=weight if loss == "ips" else None)
+            out.append(t)
+        return tuple(out)
+
+    def check(self, src: str) -> None:
+        for v in self.enabled.values():
+            if not isinstance(v, bool):
+                raise UserError(f"{src}: chained.enabled: needs true/false, got {brief(v)}")
+        for v in self.loss.values():
+            if v not in FACTOR_LOSSES:
+                raise UserError(
+                    f"{src}: chained.loss: unknown choice {brief(v)}; known {list(FACTOR_LOSSES)}"
+                )
+        for v in self.ips_weight.values() if self.ips_weight is not None else ():
+            if isinstance(v, bool) or not isinstance(v, int | float | str) or as_float(v, f"{src}: x") < 0:
+                raise UserError(f"{src}: chained.ips_weight: needs numbers >= 0, got {brief(v)}")
+
+
+def _parse_chained(raw: Any, where: str) -> ChainSpace | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise UserError(f"{where}: expected a mapping with task, product_of, enabled, loss, ips_weight")
+    _unknown(raw, _CHAINED_KEYS, f"{where}.")
+    task, factors = raw.get("task"), raw.get("product_of")
+    if not isinstance(task, str) or not task:
+        raise UserError(f"{where}.task: expected a task name, got {brief(task)}")
+    if not (
+        isinstance(factors, list) and len(factors) >= 2 and all(isinstance(f, str) and f for f in factors)
+    ):
+        raise UserError(f"{where}.product_of: expected a list of at least 2 task names, got {brief(factors)}")
+    if task in factors or len(set(factors)) != len(factors):
+        raise UserError(f"{where}.product_of: the factors must be distinct tasks other than {task!r}")
+    return ChainSpace(
+        task=task,
+        product_of=tuple(factors),
+        enabled=_parse_param(raw.get("enabled", True), f"{where}.enabled"),
+        loss=_parse_param(raw.get("loss", "none"), f"{where}.loss"),
+        ips_weight=_parse_param(raw["ips_weight"], f"{where}.ips_weight") if "ips_weight" in raw else None,
+    )
+
+
 # ---- the space ------------------------------------------------------------------------------
 
 #: Most levels a space may ask for: a static check and every trial walk every level, and
@@ -439,6 +538,8 @@ _LEVEL_KEYS = {
     "top_k",
     "gate_sharing",
     "norm",
+    "fusion",
+    "expert_norm",
     *LEVEL_NUMBERS,  # the gates' real-valued settings: balance_weight, smooth_step_gamma, entropy_weight
 }
 _TOWER_KEYS = {"hidden", "activation", "dropout", "norm"}
@@ -485,9 +586,11 @@ _TOP_KEYS = {
     "tower",
     "embedding_dim",
     "embed_init_std",
+    "task_embedding_dim",
     "training",
     "reference",
     "encoding",
+    "chained",
 }
 _REFERENCE_KEYS = {"presets", "sizes", "training"}
 
@@ -498,6 +601,8 @@ _VOCAB: dict[str, tuple[Any, ...]] = {
     "gate_kind": get_args(GateKind),
     "gate_sharing": get_args(GateSharing),
     "norm": get_args(Norm),
+    "fusion": get_args(Fusion),
+    "expert_norm": get_args(ExpertNorm),
     "activation": ACTIVATIONS,
     "shared_gate": (True, False, "auto"),
     "per_task": (True, False),
@@ -517,6 +622,8 @@ _LEVEL_DEFAULTS: dict[str, Any] = {
     "top_k": 2,
     "gate_sharing": "per_task",
     "norm": "none",
+    "fusion": "gate",
+    "expert_norm": "none",
     **{f.name: f.default for f in fields(LevelConfig) if f.name in LEVEL_NUMBERS},
 }
 
@@ -531,6 +638,7 @@ class SearchSpace:
     tower: Mapping[str, Param]
     embedding_dim: Param
     embed_init_std: Param | None  # None: the input spec's own (nn.Embedding's N(0, 1) by default)
+    task_embedding_dim: Param | None  # None: the input spec's own (0: no STEM embeddings)
     training: Mapping[str, Param]
     encoding: str
     reference_presets: tuple[str, ...]
@@ -538,6 +646,7 @@ class SearchSpace:
     reference_training: Mapping[str, Any]
     source: str = "<space>"
     text: str = ""
+    chained: ChainSpace | None = None  # ESMM / ESCM² choices (see ChainSpace)
 
     # ---- construction ----
     @classmethod
@@ -621,6 +730,11 @@ class SearchSpace:
                 if "embed_init_std" in data
                 else None
             ),
+            task_embedding_dim=(
+                _parse_param(data["task_embedding_dim"], where("task_embedding_dim"))
+                if "task_embedding_dim" in data
+                else None
+            ),
             training=training,
             encoding=encoding,
             reference_presets=tuple(presets),
@@ -628,6 +742,7 @@ class SearchSpace:
             reference_training=dict(ref.get("training", {}) or {}),
             source=source,
             text=text,
+            chained=_parse_chained(data.get("chained"), where("chained")),
         )
         space._check_static()
         return space
@@ -636,6 +751,8 @@ class SearchSpace:
         """Every value a trial could draw, checked now: a bad space fails before the storage
         is touched, not as a traceback in the first trial that samples the bad end."""
         src = self.source
+        if self.chained is not None:
+            self.chained.check(src)
         for key, param in self.level.items():
             for v in param.values():
                 if key in _VOCAB and v not in _VOCAB[key]:
@@ -656,6 +773,9 @@ class SearchSpace:
                 or as_float(v, f"{src}: embed_init_std") <= 0
             ):
                 raise UserError(f"{src}: embed_init_std: needs numbers > 0, got {brief(v)}")
+        for v in self.task_embedding_dim.values() if self.task_embedding_dim else ():
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise UserError(f"{src}: task_embedding_dim: needs integers >= 0, got {brief(v)}")
         for v in self.levels.values():
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_LEVELS:
                 raise UserError(f"{src}: levels: needs integers from 1 to {MAX_LEVELS}, got {brief(v)}")
@@ -721,13 +841,16 @@ class SearchSpace:
         from mtlsearch.train import ExperimentConfig, TrainConfig
 
         tasks = tuple(tasks)
+        if self.chained is not None:  # ESMM: a product task has no experts, gate or tower
+            tasks = self.chained.apply(trial, tasks, encoding)
+        routed = tuple(t for t in tasks if not t.product_of)
         n_levels = self.levels.suggest(trial, "levels")
         built = self.max_levels if encoding == "fixed" else n_levels
-        raw_levels = [self._suggest_level(trial, i, tasks) for i in range(built)][:n_levels]
+        raw_levels = [self._suggest_level(trial, i, routed) for i in range(built)][:n_levels]
         levels = []
         for i, lv in enumerate(raw_levels):
             above = raw_levels[i + 1] if i + 1 < n_levels else None
-            levels.append(self._finish_level(lv, above, tasks))
+            levels.append(self._finish_level(lv, above, routed))
         tower = TowerConfig(
             hidden=tuple(self.tower["hidden"].suggest(trial, "tower.hidden")),
             activation=self.tower["activation"].suggest(trial, "tower.activation"),
@@ -738,11 +861,17 @@ class SearchSpace:
         spec = inputs if isinstance(inputs, InputSpec) else inputs.input_spec(embed)
         if self.embed_init_std is not None:
             spec = replace(spec, embed_init_std=float(self.embed_init_std.suggest(trial, "embed_init_std")))
+        if self.task_embedding_dim is not None:
+            ted = self.task_embedding_dim.suggest(trial, "task_embedding_dim")
+            # repairs: no task tables without categorical features; STEM's gates are per task
+            spec = replace(spec, task_embedding_dim=ted if spec.categorical else 0)
+            if spec.task_embedding_dim and len(routed) > 1:
+                levels = [replace(lv, gate_sharing="per_task") for lv in levels]
         arch = ArchConfig(
             inputs=spec,
             tasks=tasks,
             levels=tuple(levels),
-            towers=(tower,) * len(tasks),
+            towers=(tower,) * len(routed),
             name=f"{self.name}-trial",
         )
         training = {
@@ -775,10 +904,15 @@ class SearchSpace:
         lv: dict[str, Any], above: dict[str, Any] | None, tasks: tuple[TaskSpec, ...]
     ) -> LevelConfig:
         """Deterministic repairs: ``shared_gate: auto`` means every level but the top (PLE's
-        rule), and the top level never has one; ``top_k`` is capped at the smallest selection a gate sees."""
+        rule), and the top level never has one; ``top_k`` is capped at the smallest selection a
+        gate sees; ``fusion: adatt`` selects every expert (``select: all``, what AdaTT's unit
+        mixes). (With ``task_embedding_dim > 0`` :meth:`suggest` also makes every gate per
+        task: a single gate would carry every task's gradient into one task's embeddings.)"""
         lv = dict(lv)
         for key, check in LEVEL_NUMBERS.items():  # a constant may be a numeric string ('1e-2')
             lv[key] = check(lv[key], f"level.{key}")
+        if lv["fusion"] == "adatt":  # AdaTT's fusion unit mixes every expert of the level
+            lv["select"] = "all"
         if lv["shared_gate"] == "auto":
             lv["shared_gate"] = above is not None
         elif above is None:
@@ -831,8 +965,12 @@ class SearchSpace:
                     leaves[f"l{i}.{k}"] = param
         leaves.update({f"tower.{k}": v for k, v in self.tower.items()})
         leaves["embedding_dim"] = self.embedding_dim
+        if self.chained is not None:
+            leaves.update(self.chained.leaves())
         if self.embed_init_std is not None:
             leaves["embed_init_std"] = self.embed_init_std
+        if self.task_embedding_dim is not None:
+            leaves["task_embedding_dim"] = self.task_embedding_dim
         for k, v in self.training.items():
             name = f"training.{k}"
             leaves.update(v.leaves(name) if isinstance(v, LossWeightingSpace | TaskMap) else {name: v})
@@ -862,7 +1000,12 @@ class SearchSpace:
 # ---- command-line overrides -------------------------------------------------------------------
 def _override_keys(path: Sequence[str]) -> set[str] | None:
     """The keys allowed below ``path`` (a prefix of an override), or None for any key."""
-    sections = {"level": _LEVEL_KEYS, "tower": _TOWER_KEYS, "training": _TRAINING_KEYS}
+    sections = {
+        "level": _LEVEL_KEYS,
+        "tower": _TOWER_KEYS,
+        "training": _TRAINING_KEYS,
+        "chained": _CHAINED_KEYS,
+    }
     if not path:
         return _TOP_KEYS
     head, rest = path[0], list(path[1:])

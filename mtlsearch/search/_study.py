@@ -14,6 +14,7 @@ re-enqueues it as a fresh ticket, so it is retried, not lost (:mod:`mtlsearch.se
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -109,6 +110,7 @@ class SearchSettings:
     pruning: dict[str, Any] | None = None  # {"method": none|dominance|moasha, ...}; see _pruning
     max_params: int | None = None
     references: int | None = None  # how many of the space's reference presets; None: all
+    precision: str = "fp32"  # changes results, so part of the recipe (a resume must keep it)
 
     def __post_init__(self) -> None:
         # stored normalised: {"method": ..., every setting}, or None for no pruning; an old
@@ -120,6 +122,9 @@ class SearchSettings:
             raise UserError(f"--n-trials: must be >= 1, got {self.n_trials}")
         if self.references is not None and self.references < 0:
             raise UserError(f"--references: must be a count >= 0, all or none, got {self.references}")
+        from mtlsearch.train import check_precision_text
+
+        object.__setattr__(self, "precision", check_precision_text(self.precision, "--precision"))
 
     def reference_names(self, space: SearchSpace) -> tuple[str, ...]:
         """The reference presets this study enqueues: the first ``references`` of the space's
@@ -176,6 +181,8 @@ class SearchContext:
     heartbeat: bool = True
     results: dict[int, Any] = field(default_factory=dict)  # trial number -> TrainResult
     threads: int | None = None  # torch threads of this process (None: torch's own setting)
+    device: str | None = None  # this worker's device for every trial (None: the space's / torch's)
+    nproc: int = 1  # processes per trial: > 1 trains each trial in a fresh DDP group (_launch)
 
     @property
     def pruning(self) -> PruningRule | None:
@@ -196,6 +203,7 @@ def _context(
     heartbeat: bool,
     data: Any = None,
     threads: int | None = None,
+    device: str | None = None,
 ) -> SearchContext:
     """Everything a worker needs, checked: the space, the data, the objectives against the
     data's tasks (kind and metric), the space's feasibility. Writes nothing."""
@@ -218,6 +226,7 @@ def _context(
         references={name: references[name] for name in names},
         heartbeat=heartbeat,
         threads=threads,
+        device=device,
     )
 
 
@@ -237,7 +246,7 @@ def _check_same_recipe(study_name: str, stored: SearchSettings, settings: Search
                 f"{old.get(key)}; its recorded rungs would no longer match; resume it with "
                 f"{option[key]} {old.get(key)} (or without it), or choose another --study name"
             )
-    for key in ("sampler", "seed"):
+    for key in ("sampler", "seed", "precision"):
         if key in given and getattr(settings, key) != getattr(stored, key):
             raise UserError(
                 f"--{key} {getattr(settings, key)}: study {study_name} was made with --{key} "
@@ -276,6 +285,7 @@ def create_or_resume(
     *,
     given: Any = ("sampler", "seed", "pruning"),
     threads: int | None = None,
+    device: str | None = None,
 ) -> SearchContext:
     """Create the study (or load it by name to resume) and top its tickets up to the budget.
 
@@ -286,9 +296,11 @@ def create_or_resume(
     ``sampler`` or ``seed`` among them is refused; ``pruning`` not among them keeps the
     study's stored pruning (its rungs and the decisions made on them), and a given one that
     moves a MOASHA study's rungs is refused. ``threads`` is recorded with every trial.
+    ``precision`` is part of the recipe: a resume giving another one (in ``given``) is
+    refused. ``device`` is this worker's (every trial trains there, recorded per trial).
     """
     check_environment()
-    checked = _context(None, settings, heartbeat, threads=threads)
+    checked = _context(None, settings, heartbeat, threads=threads, device=device)
     storage = open_storage(storage_url, heartbeat)
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     if study_name in existing:
@@ -316,7 +328,14 @@ def create_or_resume(
             }
         )
         same_data = stored.seed == checked.settings.seed
-        ctx = _context(study, settings, heartbeat, data=checked.data if same_data else None, threads=threads)
+        ctx = _context(
+            study,
+            settings,
+            heartbeat,
+            data=checked.data if same_data else None,
+            threads=threads,
+            device=device,
+        )
         if requested:
             from mtlsearch.search._objectives import parse_objectives
 
@@ -383,8 +402,12 @@ def join(
     seed: int | None = None,
     heartbeat: bool = True,
     threads: int | None = None,
+    device: str | None = None,
+    precision: str | None = None,
 ) -> SearchContext:
-    """Load a running study as an extra worker (its recipe comes from the storage)."""
+    """Load a running study as an extra worker (its recipe comes from the storage).
+    ``precision``, if given, must be the study's (it is part of the recipe); ``device`` is
+    this worker's."""
     check_environment()
     storage = open_storage(storage_url, heartbeat)
     try:
@@ -394,9 +417,14 @@ def join(
     if RECIPE_ATTR not in study.user_attrs:
         raise UserError(f"--study {study_name}: was not made by mtlsearch (no recipe)")
     settings = SearchSettings.from_json(study.user_attrs[RECIPE_ATTR])
+    if precision is not None and precision != settings.precision:
+        raise UserError(
+            f"--precision {precision}: study {study_name} runs with --precision {settings.precision}; "
+            f"join it with --precision {settings.precision} (or without --precision)"
+        )
     if seed is not None:
         settings = SearchSettings(**{**asdict(settings), "seed": seed})
-    ctx = _context(study, settings, heartbeat, threads=threads)
+    ctx = _context(study, settings, heartbeat, threads=threads, device=device)
     # Each worker needs its own sampler seed, or workers would propose the same points.
     sampler_seed = seed if seed is not None else settings.seed + 1 + (time.time_ns() % 100_000)
     ctx.study = optuna.load_study(
@@ -496,11 +524,24 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
     With ``max_params`` the configuration's parameters are counted before training (built
     on the meta device, nothing allocated): one above the limit is recorded as FAIL with
     ``fail_reason`` "infeasible: ..." and user attrs ``infeasible`` and ``n_params``, untrained.
-    Every trial records the torch thread count it ran with (user attr ``threads``).
+    Every trial records the torch thread count it ran with (user attr ``threads``), the
+    worker's device (``device``) and the study's precision (``precision``).
     """
     import torch
 
-    from mtlsearch.train import ExperimentConfig, TrainConfig, estimate_memory, fit, measure_latency
+    from mtlsearch.train import (
+        ExperimentConfig,
+        TrainConfig,
+        estimate_memory,
+        fit,
+        measure_latency,
+        resolve_device,
+    )
+
+    if ctx.nproc > 1:  # each trial trains in a fresh DDP group of ctx.nproc processes
+        from mtlsearch.search._launch import group_fit
+
+        fit = functools.partial(group_fit, ctx)  # same contract as train.fit
 
     def objective(trial: optuna.Trial) -> Sequence[float]:
         if not trial.user_attrs.get(TICKET_ATTR):
@@ -516,10 +557,19 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
                 config = ctx.references[name]
             else:
                 config = ctx.space.suggest(trial, ctx.data, ctx.data.tasks, ctx.encoding)
-            training = TrainConfig.from_dict({**config.training.to_dict(), "seed": ctx.settings.seed})
+            recipe = {"seed": ctx.settings.seed, "precision": ctx.settings.precision}
+            training = TrainConfig.from_dict({**config.training.to_dict(), **recipe})
             config = ExperimentConfig(model=config.model, training=training)
-            trial.set_user_attr(CONFIG_ATTR, config.to_dict())
+            # stored (and shown to observers) without this worker's device: an exported config
+            # trains anywhere; the device is the trial's user attr ``device``
+            stored = config
+            trial.set_user_attr(CONFIG_ATTR, stored.to_dict())
+            if ctx.device is not None:
+                config = ExperimentConfig(model=config.model, training=replace(training, device=ctx.device))
+                training = config.training
             trial.set_user_attr("threads", torch.get_num_threads())
+            trial.set_user_attr("device", str(resolve_device(training.device)) if training.device else None)
+            trial.set_user_attr("precision", training.precision)
             if ctx.settings.max_params is not None:
                 n_params = estimate_memory(config).n_parameters
                 if n_params > ctx.settings.max_params:
@@ -529,7 +579,7 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
                         f"{n_params:,} parameters > --max-params {ctx.settings.max_params:,}; not trained"
                     )
             for obs in ctx.observers:
-                obs.on_trial_start(trial, config)
+                obs.on_trial_start(trial, stored)
             rule = ctx.pruning
             epochs = config.training.epochs
             callbacks: list[Callable[[Any], None]] = [PruningCallback(trial, ctx.objectives, rule, epochs)]

@@ -324,6 +324,22 @@ def _same(a: Sequence[float] | None, b: Sequence[float] | None) -> bool:
     return a is not None and b is not None and [float(x) for x in a] == [float(x) for x in b]
 
 
+def progress(study: optuna.Study) -> tuple[int, dict[TrialState, int]]:
+    """The study's counted trials (``count_finished``) and trials per state, from one read.
+
+    The worker loop asks both before every ticket; with the tickets of the budget waiting in
+    the storage, each read re-reads every unfinished trial (Optuna's cache keeps finished
+    ones only), so two reads cost twice (``benchmarks/trial_overhead.py``, column ``loop``)."""
+    from mtlsearch.search._study import _is_counted
+
+    counts: dict[TrialState, int] = {}
+    finished = 0
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state] = counts.get(t.state, 0) + 1
+        finished += _is_counted(t)
+    return finished, counts
+
+
 def run_worker(
     ctx: Any,
     timeout: float | None = None,
@@ -352,9 +368,9 @@ def run_worker(
             if timeout is not None and time.monotonic() - start > timeout:
                 logger.info("timeout reached after %d trials", ran)
                 break
-            if count_finished(study) >= ctx.settings.n_trials:
+            finished, counts = progress(study)  # one read of the study per ticket
+            if finished >= ctx.settings.n_trials:
                 break
-            counts = _state_counts(study)
             if counts.get(TrialState.WAITING, 0) == 0:
                 if counts.get(TrialState.RUNNING, 0) == 0:
                     with _REAP_LOCK:  # not between failing a lost trial and re-enqueuing it

@@ -706,7 +706,10 @@ class MlflowObserver:
         with self._lock:
             self._runs[trial.number] = run_id
         trial.set_user_attr(RUN_ID_ATTR, run_id)
-        self._log_config(run_id, config.to_dict(), preset, config.to_yaml())
+        as_params = config.to_dict()
+        if trial.user_attrs.get("device"):  # the worker's device (the config is stored without it)
+            as_params["training"] = {**as_params["training"], "device": trial.user_attrs["device"]}
+        self._log_config(run_id, as_params, preset, config.to_yaml())
 
     def on_epoch(self, trial: optuna.Trial, report: Any) -> None:
         if self._disabled or self._closed:
@@ -864,7 +867,8 @@ class MlflowObserver:
             model = ServingModel(result.model, label_scaling=getattr(result, "label_scaling", None)).eval()
             schema = serving_schema(result.model, data.numeric_features)
             rows = min(5, len(data.valid))
-            example = serving_input(data.valid.numeric[:rows], data.valid.categorical[:rows]).cpu().numpy()
+            head = next(iter(data.valid.batches(rows)))  # a streamed split reads one batch
+            example = serving_input(head.numeric, head.categorical).cpu().numpy()
             # Unnamed tensors: pyfunc then passes a plain array (a named one becomes a dict,
             # which the PyTorch flavour rejects). Column names go into the metadata.
             signature = ModelSignature(

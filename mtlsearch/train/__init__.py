@@ -27,6 +27,7 @@ from mtlsearch.train._config import (
     LossWeightingConfig,
     TrainConfig,
 )
+from mtlsearch.train._device import DEVICE_CHOICES, check_device_text, resolve_device
 from mtlsearch.train._errors import TrainingDiverged
 from mtlsearch.train._fit import EpochReport, TrainResult, check_compatible, fit
 from mtlsearch.train._latency import measure_latency
@@ -39,6 +40,7 @@ from mtlsearch.train._memory import (
     estimate_memory,
     memory_limit,
 )
+from mtlsearch.train._precision import PRECISIONS, Precision, check_precision_text, make_precision
 from mtlsearch.train._tasks import PRIMARY_METRICS, TASK_KINDS, compute_metrics, mtl_gain
 from mtlsearch.train._weighting import (
     LOSS_WEIGHTINGS,
@@ -52,9 +54,11 @@ from mtlsearch.train._weighting import (
 
 __all__ = [
     "DEFAULT_PRESETS",
+    "DEVICE_CHOICES",
     "LOSS_WEIGHTINGS",
     "MAX_MEMORY_ENV",
     "OPTIMIZERS",
+    "PRECISIONS",
     "PRIMARY_METRICS",
     "SINGLE_TASK",
     "TASK_KINDS",
@@ -70,24 +74,29 @@ __all__ = [
     "LossWeightingConfig",
     "MemoryEstimate",
     "MemoryLimitExceeded",
+    "Precision",
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
     "UncertaintyWeighting",
     "available_memory",
     "check_compatible",
+    "check_device_text",
     "check_memory",
+    "check_precision_text",
     "classify_gains",
     "compute_metrics",
     "estimate_memory",
     "fit",
     "load_checkpoint",
     "make_loss_weighting",
+    "make_precision",
     "measure_latency",
     "memory_limit",
     "mtl_gain",
     "predict",
     "register_loss_weighting",
+    "resolve_device",
     "run_baselines",
     "save_checkpoint",
 ]

@@ -169,8 +169,12 @@ class TrainConfig:
     without it, the returned model has the weights of the best-scoring epoch (selection on
     the validation split). ``monitor``: ``"mean"`` (mean over tasks of the normalised primary
     metrics, see :func:`mtlsearch.train.normalised_score`) or a task name (that task's
-    normalised primary metric). ``device``: a torch device string; ``None`` uses torch's
-    default device (the CPU unless the caller changed it).
+    normalised primary metric). ``device``: ``auto`` (CUDA when present, else the CPU),
+    ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, checked for its form here and for presence when
+    training starts (:mod:`mtlsearch.train._device`); ``None`` uses torch's default device
+    (the CPU unless the caller changed it). ``precision``: ``fp32``, ``bf16`` or ``fp16``
+    (mixed precision, :mod:`mtlsearch.train._precision`); fp16 refuses the loss weightings
+    whose own backward its loss scaling would change.
 
     Class weights inside a task's per-sample loss (see :mod:`mtlsearch.train._tasks`):
 
@@ -196,6 +200,7 @@ class TrainConfig:
     loss_weighting: LossWeightingConfig = field(default_factory=LossWeightingConfig)
     seed: int = 0
     device: str | None = None
+    precision: str = "fp32"
     pos_weight: dict[str, float] = field(default_factory=dict)
     class_weights: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
@@ -223,8 +228,13 @@ class TrainConfig:
         _as_int(self.seed, f"{p}.seed", 0)
         if not isinstance(self.loss_weighting, LossWeightingConfig):
             _fail(f"{p}.loss_weighting", "expected a LossWeightingConfig")
-        if self.device is not None and not isinstance(self.device, str):
-            _fail(f"{p}.device", f"expected a device string such as 'cpu', got {self.device!r}")
+        from mtlsearch.train._device import check_device_text
+        from mtlsearch.train._precision import PRECISIONS, check_precision_text
+
+        if self.device is not None:
+            object.__setattr__(self, "device", check_device_text(self.device, f"{p}.device"))
+        object.__setattr__(self, "precision", check_precision_text(self.precision, f"{p}.precision"))
+        PRECISIONS[self.precision].check_method(self.loss_weighting.method, f"{p}.precision")
         pos: dict[str, float] = {}
         for task, raw in _expect_mapping(self.pos_weight, f"{p}.pos_weight").items():
             value = as_float(raw, f"{p}.pos_weight.{task}")
@@ -350,7 +360,8 @@ class ExperimentConfig:
         ``inputs``/``tasks`` fill ``model.inputs``/``model.tasks`` when the file leaves them
         out, so one hand-written architecture file (levels and towers only) trains on any
         dataset; the CLI passes the dataset's. Values in the file always win (an ``inputs``
-        section holding only ``embed_init_std`` keeps the dataset's features).
+        section holding only ``embed_init_std`` and/or ``task_embedding_dim`` keeps the
+        dataset's features).
         """
         data = _expect_mapping(data, "experiment")
         for key in data:
@@ -361,9 +372,11 @@ class ExperimentConfig:
         model_raw = dict(_expect_mapping(data["model"], "model"))
         given = model_raw.get("inputs")
         if inputs is not None and (
-            given is None or (isinstance(given, dict) and given.keys() <= {"embed_init_std"})
+            given is None
+            or (isinstance(given, dict) and given.keys() <= {"embed_init_std", "task_embedding_dim"})
         ):
-            # no features in the file: the dataset's, keeping an embed_init_std the file sets
+            # no features in the file: the dataset's, keeping an embed_init_std (or STEM's
+            # task_embedding_dim) the file sets
             model_raw["inputs"] = {**_plain(inputs), **(given or {})}
         if "tasks" not in model_raw and tasks is not None:
             model_raw["tasks"] = [_plain(t) for t in tasks]

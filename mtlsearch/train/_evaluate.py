@@ -13,6 +13,14 @@ metric is reported twice, the plain one and ``<metric>_weighted`` (scikit-learn'
 plain primary metric: the validation rows of a weighted and an unweighted run (and of the
 single-task references and the search's objectives) are then judged on the same number.
 Select on a weighted metric by reading ``valid[task]["<metric>_weighted"]`` yourself.
+
+Streamed splits (:class:`~mtlsearch.data.StreamSplit`, a spec with ``stream: true``) are
+scored batch by batch, ``EVAL_BATCH`` rows at a time in file order: the network's outputs
+are collected as float32 and every metric is computed exactly on all of them (the AUC is
+the exact rank statistic over the collected predictions, not a binned approximation).
+Memory: 4 bytes x rows x outputs for the predictions, plus the labels, masks and row
+weights collected once (at most 9 bytes x rows x tasks); the features are never held.
+The chunks are the in-memory ones, so both paths give the same predictions bitwise.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlsearch.arch import TaskSpec
-from mtlsearch.data import TensorSplit
+from mtlsearch.data import TensorSplit, is_streamed
 from mtlsearch.train._errors import TrainingDiverged
 from mtlsearch.train._tasks import TASK_KINDS, compute_metrics
 
@@ -36,20 +44,35 @@ EVAL_BATCH = 8192
 
 
 def split_to(split: TensorSplit, device: torch.device) -> TensorSplit:
-    if split.numeric.device == device:
+    """``split`` on ``device`` (the same object when it is there already), copied once.
+
+    From the CPU to a CUDA device each tensor goes through pinned (page-locked) memory with
+    ``non_blocking=True``: the copies are queued on the current stream, which orders them
+    before any kernel that reads them, and the pinned buffers are kept alive by torch's
+    caching host allocator until the copies are done. A streamed split moves each batch.
+    """
+    if split.device == device:
         return split
+    if is_streamed(split):
+        return split.map(lambda b: split_to(b, device))
+    pin = device.type == "cuda" and split.numeric.device.type == "cpu" and torch.cuda.is_available()
+
+    def move(t: Tensor) -> Tensor:
+        return t.pin_memory().to(device, non_blocking=True) if pin else t.to(device)
+
     return TensorSplit(
-        numeric=split.numeric.to(device),
-        categorical=split.categorical.to(device),
-        labels={k: v.to(device) for k, v in split.labels.items()},
-        masks={k: v.to(device) for k, v in split.masks.items()},
-        weights={k: v.to(device) for k, v in split.weights.items()},
+        numeric=move(split.numeric),
+        categorical=move(split.categorical),
+        labels={k: move(v) for k, v in split.labels.items()},
+        masks={k: move(v) for k, v in split.masks.items()},
+        weights={k: move(v) for k, v in split.weights.items()},
     )
 
 
 @torch.no_grad()
 def raw_outputs(model: nn.Module, numeric: Tensor, categorical: Tensor) -> dict[str, Tensor]:
-    """The network's raw outputs for all rows, in eval mode, ``EVAL_BATCH`` rows at a time."""
+    """The network's raw outputs for all rows, in eval mode, ``EVAL_BATCH`` rows at a time,
+    as float32 (a network run under autocast gives bfloat16/float16: metrics read float32)."""
     was_training = model.training
     model.eval()
     try:
@@ -59,7 +82,20 @@ def raw_outputs(model: nn.Module, numeric: Tensor, categorical: Tensor) -> dict[
         ]
     finally:
         model.train(was_training)
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    return {k: torch.cat([p[k] for p in parts]).float() for k in parts[0]} if parts else {}
+
+
+@torch.no_grad()
+def split_outputs(model: nn.Module, split: TensorSplit) -> dict[str, Tensor]:
+    """:func:`raw_outputs` over a split's ``batches(EVAL_BATCH)`` (the same chunks; a streamed
+    split is read once, batch by batch)."""
+    was_training = model.training
+    model.eval()
+    try:
+        parts = [model(b.numeric, b.categorical) for b in split.batches(EVAL_BATCH)]
+    finally:
+        model.train(was_training)
+    return {k: torch.cat([p[k] for p in parts]).float() for k in parts[0]} if parts else {}
 
 
 def unscale(pred: Tensor, scale: tuple[float, float] | None) -> Tensor:
@@ -73,9 +109,12 @@ def unscale(pred: Tensor, scale: tuple[float, float] | None) -> Tensor:
 
 def scale_labels(split: TensorSplit, scaling: Mapping[str, tuple[float, float]]) -> TensorSplit:
     """``split`` with each scaled task's labels standardised, ``(y - mean) / std`` (float32):
-    what the loss reads. Other tasks' tensors are shared, not copied."""
+    what the loss reads. Other tasks' tensors are shared, not copied. A streamed split
+    scales each batch."""
     if not scaling:
         return split
+    if is_streamed(split):
+        return split.map(lambda b: scale_labels(b, scaling))
     labels = dict(split.labels)
     for name, (mean, std) in scaling.items():
         if name in labels:
@@ -115,7 +154,7 @@ class Evaluator:
 
     def predictions(self, model: nn.Module, epoch: int | None = None) -> dict[str, np.ndarray]:
         """Each task's predictions (probabilities / values) on its unmasked rows."""
-        outs = raw_outputs(model, self.split.numeric, self.split.categorical)
+        outs = split_outputs(model, self.split)
         preds = {}
         for t in self.tasks:
             pred = unscale(
@@ -146,8 +185,36 @@ class Evaluator:
         ``{expert name: mean weight}`` over the experts the gate may select; the PLE paper's
         expert-utilisation analysis. Evaluated in eval mode, so a noisy top-k gate adds no
         noise. Empty for a model without gates.
+
+        Also, per level, ``"level<l>/dead_units"``: :meth:`dead_units`, HoME's expert-collapse
+        diagnostic (a share of units, not a gate weight: those entries do not sum to 1).
         """
-        return self._gate_means(model)[0]
+        return {**self._gate_means(model)[0], **self.dead_units(model)}
+
+    @torch.no_grad()
+    def dead_units(self, model: nn.Module) -> dict[str, dict[str, float]]:
+        """Per level ``"level<l>/dead_units"`` and expert: the share of the expert's output
+        units (its last layer, after the activation, before any ``expert_norm``) that are 0
+        on every row of the split: dead ReLU units (HoME, Wang et al. 2024, found experts
+        with over 90 % zero activations). Eval mode; empty for a model that cannot give its
+        experts' outputs (``expert_outputs``) or an empty split."""
+        if not hasattr(model, "expert_outputs"):
+            return {}
+        was_training = model.training
+        model.eval()
+        alive: list[Tensor] = []  # per level (E, D): the unit was non-zero on some row
+        try:
+            for b in self.split.batches(EVAL_BATCH):
+                outs = model.expert_outputs(b.numeric, b.categorical)
+                seen = [(h != 0).any(dim=1) for h in outs]
+                alive = seen if not alive else [a | s for a, s in zip(alive, seen, strict=True)]
+        finally:
+            model.train(was_training)
+        out: dict[str, dict[str, float]] = {}
+        for level, a in enumerate(alive):
+            dead = (1.0 - a.double().mean(dim=1)).tolist()
+            out[f"level{level}/dead_units"] = dict(zip(model.expert_names(level), dead, strict=True))
+        return out
 
     def routing_share(self, model: nn.Module) -> dict[str, dict[str, float]]:
         """Share of the split's rows whose gate gives each expert a non-zero weight, keyed as
@@ -167,11 +234,8 @@ class Evaluator:
         routed: dict[str, Tensor] = {}
         n = len(self.split)
         try:
-            for i in range(0, n, EVAL_BATCH):
-                _, gates = model.forward_with_gates(
-                    self.split.numeric[i : i + EVAL_BATCH],
-                    self.split.categorical[i : i + EVAL_BATCH],
-                )
+            for b in self.split.batches(EVAL_BATCH):
+                _, gates = model.forward_with_gates(b.numeric, b.categorical)
                 for name, w in gates.items():
                     s, r = w.double().sum(0), (w > 0).sum(0, dtype=torch.float64)
                     sums[name] = s if name not in sums else sums[name] + s

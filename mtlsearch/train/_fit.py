@@ -48,13 +48,17 @@ from torch import Tensor, nn
 from mtlsearch import _interrupt
 from mtlsearch._errors import UserError
 from mtlsearch.arch import ArchConfig, TaskSpec, build_model, count_parameters
-from mtlsearch.data import MTLDataset, TensorSplit
+from mtlsearch.data import MTLDataset, TensorSplit, is_streamed
+from mtlsearch.train._chained import ips_loss, loss_tasks
 from mtlsearch.train._config import OPTIMIZERS, ExperimentConfig, TrainConfig
+from mtlsearch.train._device import resolve_device
 from mtlsearch.train._errors import TrainingDiverged
 from mtlsearch.train._evaluate import EVAL_BATCH, Evaluator, mean_skill, scale_labels, split_to
 from mtlsearch.train._memory import check_memory
+from mtlsearch.train._precision import Precision, make_precision
 from mtlsearch.train._tasks import TASK_KINDS
 from mtlsearch.train._weighting import LossWeighting, make_loss_weighting
+from mtlsearch.train.distributed import FitGroup, check_weighting, fit_group
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +100,7 @@ class TrainResult:
     standardised with: a raw output ``z`` means ``z * std + mean``. ``utilisation`` is the
     mean gate weight per expert on the validation split, keyed ``"level<l>/<gate>"``.
     ``seconds`` is the whole fit, ``epoch_seconds`` train plus validation per epoch.
+    ``device`` is the device trained on (``"cuda:0"``), ``precision`` the training precision.
     """
 
     model: nn.Module
@@ -109,6 +114,8 @@ class TrainResult:
     seconds: float
     epoch_seconds: list[float]
     label_scaling: dict[str, tuple[float, float]] = field(default_factory=dict)
+    device: str | None = None
+    precision: str = "fp32"
 
     @property
     def best(self) -> EpochReport:
@@ -131,6 +138,8 @@ class TrainResult:
             "epoch_seconds": list(self.epoch_seconds),
             "history": history,
             "label_scaling": {k: {"mean": m, "std": s} for k, (m, s) in self.label_scaling.items()},
+            "device": self.device,
+            "precision": self.precision,
         }
 
 
@@ -150,8 +159,8 @@ def check_compatible(model: ArchConfig, data: MTLDataset) -> None:
                 f"model.tasks[{i}].name: the data {data.name!r} has no task {t.name!r}; "
                 f"its tasks are {list(by_name)}"
             )
-        if by_name[t.name] != t:
-            d = by_name[t.name]
+        d = by_name[t.name]
+        if (d.kind, d.n_classes) != (t.kind, t.n_classes):  # chained-task keys are the model's own
             raise UserError(
                 f"model.tasks[{i}]: task {t.name!r} is {t.kind}"
                 f"{f'/{t.n_classes}' if t.n_classes else ''} in the model but {d.kind}"
@@ -218,6 +227,9 @@ def _masked_losses(
     class_weights = class_weights or {}
     losses, counts = {}, {}
     for t in tasks:
+        if t.loss == "ips":  # ESCM²'s inverse-propensity-weighted factor loss (see _chained)
+            losses[t.name], counts[t.name] = ips_loss(outputs, batch, t, tasks, class_weights.get(t.name))
+            continue
         out, y = outputs[t.name], batch.labels[t.name]
         w = batch.weights.get(t.name)
         if not full[t.name]:  # select the task's rows: masked labels never enter the loss
@@ -251,24 +263,33 @@ def _train_epoch(
     epoch: int,
     on_batch: Callable[[float], None],
     class_weights: dict[str, Tensor] | None = None,
+    precision: Precision | None = None,
+    group: FitGroup | None = None,
 ) -> tuple[float, dict[str, float]]:
     """One pass over the training split; returns the mean weighted loss per row and each
-    task's mean loss per unmasked row (per unit of row weight for a row-weighted task)."""
+    task's mean loss per unmasked row (per unit of row weight for a row-weighted task).
+    ``group``: this process is one DDP rank (``model`` is wrapped; see ``distributed``)."""
     model.train()
+    precision = precision or Precision(train.device)  # fp32: no autocast, no scaling
     names = [t.name for t in tasks]
     # per-task sums stay on the device (one sync per epoch); the total is read every batch
     # anyway, to stop at the first non-finite loss
-    loss_sum = torch.zeros(len(names), dtype=torch.float64, device=train.numeric.device)
+    loss_sum = torch.zeros(len(names), dtype=torch.float64, device=train.device)
     loss_rows = torch.zeros_like(loss_sum)  # rows per task, or total row weight
     weighted = [k for k, n in enumerate(names) if n in train.weights]
     total_sum, rows = 0.0, 0
     aux_sum, aux_rows = 0.0, 0  # the gates' auxiliary loss (load balancing), outside the weighting
-    auxiliary_loss = getattr(model, "auxiliary_loss", None)
-    for b, batch in enumerate(train.batches(tc.batch_size, shuffle=True, generator=shuffle)):
+    auxiliary_loss = getattr(getattr(model, "module", model), "auxiliary_loss", None)  # DDP wraps it
+    if group is None:
+        batches = train.batches(tc.batch_size, shuffle=True, generator=shuffle)
+    else:  # this rank's slice of each global batch, in the 1-process order
+        batches = group.batches(train, tc.batch_size, shuffle, tasks)
+    for b, batch in enumerate(batches):
         _interrupt.check()  # a Ctrl-C/SIGTERM whose raise was swallowed (see mtlsearch._interrupt)
-        outputs = model(batch.numeric, batch.categorical)
         totals: dict[str, Tensor] = {}
-        losses, counts = _masked_losses(outputs, batch, tasks, full, class_weights, totals)
+        with precision.autocast():  # forward and losses; metrics stay float32 (see _precision)
+            outputs = model(batch.numeric, batch.categorical)
+            losses, counts = _masked_losses(outputs, batch, tasks, full, class_weights, totals)
         optimizer.zero_grad(set_to_none=True)
         aux = auxiliary_loss() if auxiliary_loss is not None else None
         if aux is not None:  # its gradient goes straight into .grad; the method's adds to it
@@ -278,14 +299,19 @@ def _train_epoch(
                     f"training diverged: the gates' auxiliary (load-balancing) loss became {aux_value} "
                     f"at epoch {epoch + 1} (batch {b + 1})"
                 )
-            aux.backward(retain_graph=True)
+            if group is None:  # under DDP it joins the weighting's loss in one backward
+                precision.scale(aux).backward(retain_graph=True)
             aux_sum, aux_rows = aux_sum + aux_value * len(batch), aux_rows + len(batch)
-        total = weighting.backward(losses, counts)  # the method accumulates .grad
+        if group is None:
+            total = precision.backward(weighting, losses, counts)  # the method accumulates .grad
+        else:
+            total = group.backward(weighting, losses, aux, precision.scale)
         total_value = total.item()
         if not math.isfinite(total_value):
             raise _diverged(losses, total, epoch + 1, b + 1, tc.loss_weighting.method)  # 1-based, as shown
-        optimizer.step()
-        weighting.after_step(functools.partial(_recompute_losses, model, batch, tasks, full, class_weights))
+        precision.step(optimizer)
+        recompute = functools.partial(_recompute_losses, model, batch, tasks, full, class_weights)
+        weighting.after_step(precision.autocasting(recompute))
         batch_losses = torch.stack([losses[n].detach() for n in names]).double()
         batch_rows = loss_sum.new_tensor([counts[n] for n in names])
         if weighted:  # a row-weighted task's batch loss stands for its total row weight
@@ -295,6 +321,8 @@ def _train_epoch(
         total_sum += total_value * len(batch)
         rows += len(batch)
         on_batch(total_sum / rows)
+    if group is not None:  # every rank: the sums over all ranks (same task losses for dwa & co.)
+        loss_sum, loss_rows, total_sum, rows = group.epoch_sums(loss_sum, loss_rows, total_sum, rows)
     if aux_rows:
         logger.debug("epoch %d: gates' auxiliary loss %.6g (mean per row)", epoch + 1, aux_sum / aux_rows)
     sums, denominators = loss_sum.tolist(), loss_rows.tolist()
@@ -393,6 +421,19 @@ def _split_bytes(split: TensorSplit) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def _data_bytes(splits: Sequence[TensorSplit], device: torch.device) -> int:
+    """Bytes of data ``fit`` adds to the estimate: the copies it makes of in-memory splits on
+    another device (0 when they are there already), and what a streamed split holds at once
+    (its shuffle buffer and one record batch; never the whole table)."""
+    total = 0
+    for s in splits:
+        if is_streamed(s):
+            total += s.resident_bytes()
+        elif s.device != device:
+            total += _split_bytes(s)
+    return total
+
+
 def fit(
     config: ExperimentConfig,
     data: MTLDataset,
@@ -418,12 +459,28 @@ def fit(
     size such as ``"8GiB"``; default ``$MTLSEARCH_MAX_MEMORY``, else 90 % of the available
     memory) it raises :class:`~mtlsearch.train.MemoryLimitExceeded` (a ``UserError``)
     instead of dying in the allocator or being killed by the OS.
+
+    Streamed data (``data.train`` etc. are :class:`~mtlsearch.data.StreamSplit`, a spec
+    with ``stream: true``): the loop draws the training batches through the same
+    ``batches(...)`` protocol, reading the files again each epoch (shuffled by row group and
+    a bounded, seeded buffer: the same seed gives the same order); validation and test are
+    scored batch by batch, their predictions collected as float32 and the metrics computed
+    exactly on all of them (memory: 4 bytes x rows x outputs plus the labels, see
+    :mod:`mtlsearch.train._evaluate`). With a shuffle buffer that covers the training rows,
+    the order is the in-memory one, so the metrics equal the in-memory run's.
     """
     started = time.perf_counter()
     tc = config.training
     check_compatible(config.model, data)
     tasks = config.model.tasks
-    device = torch.device(tc.device) if tc.device else torch.get_default_device()
+    trained = loss_tasks(config.model)  # all but the factors with loss 'none' (ESMM)
+    device = resolve_device(tc.device, "training.device") if tc.device else torch.get_default_device()
+    group = fit_group(device)  # started by torchrun: one rank of a DDP group
+    if group is not None:
+        check_weighting(tc.loss_weighting.method)
+        if is_streamed(data.train):
+            raise UserError("streamed data (stream: true) trains in one process; run without --nproc")
+        device = group.device
     splits = (data.train, data.valid, data.test)
     check_memory(
         config,
@@ -431,7 +488,7 @@ def fit(
         device=device,
         train_rows=len(data.train),
         eval_rows=min(EVAL_BATCH, max(len(data.valid), len(data.test), 1)),
-        data_bytes=0 if data.train.numeric.device == device else sum(_split_bytes(s) for s in splits),
+        data_bytes=_data_bytes(splits, device),
     )
     rng_devices = [] if device.type == "cpu" else [device]
     history: list[EpochReport] = []
@@ -440,9 +497,12 @@ def fit(
     with torch.random.fork_rng(devices=rng_devices, device_type=device.type):
         torch.manual_seed(tc.seed)  # dropout draws from the global RNG
         model = build_model(config.model, seed=tc.seed).to(device)
-        weighting = make_loss_weighting(tc.loss_weighting, tasks).to(device)
+        weighting = make_loss_weighting(tc.loss_weighting, trained).to(device)
         weighting.attach(model)
         optimizer = _make_optimizer(tc, model, weighting)
+        precision = make_precision(tc.precision, device)
+        train_model = group.wrap(model) if group is not None else model  # evaluate and save `model`
+        make_evaluator = Evaluator if group is None else group.evaluator  # group: gathered predictions
         shuffle = torch.Generator().manual_seed(tc.seed)
         scaling = {
             t.name: data.label_scaling[t.name]
@@ -451,17 +511,18 @@ def fit(
         }
         train = scale_labels(split_to(data.train, device), scaling)  # the loss reads these
         class_weights = class_weight_tensors(tc, tasks, device)
-        full = {t.name: bool(train.masks[t.name].all()) for t in tasks}
-        valid_eval = Evaluator(split_to(data.valid, device), tasks, scaling)
+        # a streamed split selects every task's rows (the same loss as the whole-batch mean)
+        full = {t.name: not is_streamed(train) and bool(train.masks[t.name].all()) for t in tasks}
+        valid_eval = make_evaluator(split_to(data.valid, device), tasks, scaling)
         warned: set[str] = set()
         n_batches = math.ceil(len(train) / tc.batch_size)
-        with _progress(progress) as bar:
+        with _progress(progress and (group is None or group.is_main)) as bar:
             for epoch in range(tc.epochs):
                 t0 = time.perf_counter()
                 weighting.start_epoch(epoch)
                 weights_now = weighting.current_weights()
                 rows = epoch_rows(epoch) if epoch_rows is not None else None
-                epoch_train = train if rows is None else train.take(rows.to(train.numeric.device))
+                epoch_train = train if rows is None else train.take(rows.to(train.device))
                 epoch_batches = n_batches if rows is None else math.ceil(len(epoch_train) / tc.batch_size)
                 bar_id = bar.add_task(f"epoch {epoch + 1}/{tc.epochs}", total=epoch_batches, info="")
 
@@ -469,8 +530,8 @@ def fit(
                     bar.update(bar_id, advance=1, info=f"loss {loss:.4f}")
 
                 train_loss, task_losses = _train_epoch(
-                    model, weighting, optimizer, epoch_train, tasks, full, tc, shuffle, epoch, on_batch,
-                    class_weights,
+                    train_model, weighting, optimizer, epoch_train, trained, full, tc, shuffle, epoch,
+                    on_batch, class_weights, precision, group,
                 )  # fmt: skip
                 weighting.end_epoch(task_losses)
                 valid = valid_eval.evaluate(model, epoch)
@@ -503,7 +564,7 @@ def fit(
         else:
             model.load_state_dict(best.state)
         model.eval()
-        test = Evaluator(split_to(data.test, device), tasks, scaling).evaluate(model)
+        test = make_evaluator(split_to(data.test, device), tasks, scaling).evaluate(model)
         utilisation = valid_eval.utilisation(model)
     return TrainResult(
         model=model,
@@ -517,4 +578,6 @@ def fit(
         seconds=time.perf_counter() - started,
         epoch_seconds=epoch_seconds,
         label_scaling=scaling,
+        device=str(device),
+        precision=tc.precision,
     )

@@ -25,9 +25,10 @@ def measure_latency(
     if rows < 1:
         raise ValueError(f"rows must be >= 1, got {rows}")
     split = data.test if len(data.test) else data.valid
-    idx = torch.arange(rows) % len(split)
-    numeric = split.numeric[idx].cpu()
-    categorical = split.categorical[idx].cpu()
+    head = next(iter(split.batches(rows)))  # its first rows (a streamed split reads one batch)
+    idx = torch.arange(rows) % len(head)
+    numeric = head.numeric[idx].cpu()
+    categorical = head.categorical[idx].cpu()
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
     net = model if on_cpu else copy.deepcopy(model).cpu()
     was_training = net.training

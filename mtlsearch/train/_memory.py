@@ -91,6 +91,8 @@ class MemoryEstimate:
     largest_tensor: str
     largest_tensor_bytes: int
     jacobian_bytes: int = 0
+    embedding_bytes: int = 0  # the embedding tables' share of ``parameter_bytes``
+    largest_table: str = ""  # the biggest embedding table, described as ``largest_tensor``
 
     @property
     def total_bytes(self) -> int:
@@ -298,6 +300,13 @@ def _describe_parameter(name: str, model: nn.Module, arch: ArchConfig) -> tuple[
             f" and {len(feats) - 3} more" if len(feats) > 3 else ""
         )
         return f"embedding table of {shown}", f"model.inputs.categorical[{index}].cardinality"
+    if name == "encoder.task_tables":
+        return "task-specific embedding tables (STEM)", "model.inputs.task_embedding_dim"
+    if m := re.fullmatch(r"levels\.(\d+)\.native_weights", name):
+        return f"level {m.group(1)} AdaTT native-expert weights", f"model.levels[{m.group(1)}].fusion"
+    if m := re.fullmatch(r"levels\.(\d+)\.expert_norm\.(\w+)", name):
+        level = m.group(1)
+        return f"level {level} expert-norm {m.group(2)}", f"model.levels[{level}].expert_norm"
     if m := re.fullmatch(r"levels\.(\d+)\.experts\.(\w+)\.(\d+)", name):
         level, part, layer = int(m.group(1)), m.group(2), int(m.group(3))
         return (
@@ -311,7 +320,7 @@ def _describe_parameter(name: str, model: nn.Module, arch: ArchConfig) -> tuple[
         return f"level {level} {what} {gate!r} {part}", f"model.levels[{level}]"
     if m := re.fullmatch(r"towers\.mlps\.(\d+)\.(\w+)\.(\d+)", name):
         members = model.towers.groups[int(m.group(1))]  # type: ignore[index, union-attr]
-        tasks = ", ".join(arch.tasks[k].name for k in members)
+        tasks = ", ".join(arch.tower_tasks[k].name for k in members)
         part, layer = m.group(2), int(m.group(3))
         return f"tower of {tasks} layer {layer} {_PART.get(part, part)}", f"model.towers[{members[0]}].hidden"
     return name, "model"
@@ -351,21 +360,55 @@ def _activations(arch: ArchConfig) -> list[_Activation]:
     if arch.inputs.categorical:  # the embedding gathers, before the concatenation
         gathered = sum(c.embed_dim for c in arch.inputs.categorical)
         acts.append(_Activation("embedding lookups", "model.inputs.categorical", 1, gathered, 1))
+    n_routed = len(arch.levels[0].n_specific)  # the tasks the levels route for
+    stem = arch.inputs.task_embedding_dim > 0
+    if stem:
+        # STEM: every task's gathered embeddings, their masked per-source copy (tasks + shared;
+        # the difference and the product), and each source's concatenated input
+        field = "model.inputs.task_embedding_dim"
+        task_width = n_routed * len(arch.inputs.categorical) * arch.inputs.task_embedding_dim
+        acts.append(_Activation("task-specific embedding lookups", field, 1, task_width, 2))
+        acts.append(_Activation("task-specific embedding sources", field, n_routed + 1, task_width, 2))
+        routed = arch.inputs.routed_dim(n_routed)
+        acts.append(_Activation("per-source inputs (STEM)", field, n_routed + 1, routed, 1))
     for li, lv in enumerate(arch.levels):
         field = f"model.levels[{li}].expert_hidden"
         for i, w in enumerate(lv.expert_hidden):
             kept = _kept(lv.activation, lv.norm, lv.dropout)
             acts.append(_Activation(f"level {li} experts layer {i} output", field, lv.n_experts, w, kept))
-        n_gates = (1 if lv.gate_sharing == "single" else len(arch.tasks)) + lv.shared_gate
+        n_gates = (1 if lv.gate_sharing == "single" else len(arch.tower_tasks)) + lv.shared_gate
         gate_kept = 1 if lv.gate_kind == "none" else 3 + (lv.norm == "batch")  # logits, softmax, dense
         acts.append(
             _Activation(f"level {li} gate weights", f"model.levels[{li}]", n_gates, lv.n_experts, gate_kept)
         )
+        if lv.expert_norm != "none":  # HoME: the normalised outputs (+ the layer norm's affine step)
+            norm_kept = 1 + (lv.expert_norm == "layer")
+            acts.append(
+                _Activation(
+                    f"level {li} expert norm",
+                    f"model.levels[{li}].expert_norm",
+                    lv.n_experts,
+                    lv.out_dim,
+                    norm_kept,
+                )
+            )
         # the mixture (an einsum over experts) works on a contiguous, batch-major copy of the
         # experts' outputs and keeps it for backward
         acts.append(_Activation(f"level {li} experts output copy", field, lv.n_experts, lv.out_dim, 1))
         acts.append(_Activation(f"level {li} gated mixtures", field, n_gates, lv.out_dim, 1))
-    for k, (task, tw) in enumerate(zip(arch.tasks, arch.towers, strict=True)):
+        if stem:  # the masked weights (two) and the second mixture over the detached experts
+            acts.append(
+                _Activation(f"level {li} STEM masked weights", "model.inputs", n_gates, lv.n_experts, 2)
+            )
+            acts.append(_Activation(f"level {li} STEM detached mixtures", field, n_gates, lv.out_dim, 1))
+        if lv.fusion == "adatt":  # the native experts' residual per module, and the sums
+            modules = n_routed + lv.shared_gate
+            acts.append(
+                _Activation(
+                    f"level {li} AdaTT native residual", f"model.levels[{li}].fusion", modules, lv.out_dim, 2
+                )
+            )
+    for k, (task, tw) in enumerate(zip(arch.tower_tasks, arch.towers, strict=True)):  # no product
         for i, w in enumerate(tw.hidden):
             kept = _kept(tw.activation, tw.norm, tw.dropout)
             acts.append(
@@ -400,13 +443,16 @@ def estimate_memory(
       passes through: the input encoding and embedding lookups; per level, each expert
       hidden layer (width times the level's expert count), the gate weights (gates times
       experts; logits, softmax and the dense weights), the experts' output copy the
-      mixture einsum makes, and the gated mixtures; each tower layer and output. ``kept``
+      mixture einsum makes, and the gated mixtures; each tower layer and output; with the
+      builder's options also STEM's task-embedding gathers and per-source inputs and its
+      masked second mixture, HoME's normalised expert outputs and AdaTT's native residuals. ``kept``
       is the number of tensors of that size autograd keeps: 1 (the layer's output), +1
       for gelu/silu (they differentiate from their input), +1 with batch norm, +2 with
       dropout (output and float mask). Evaluation (no gradients, ``eval_rows`` rows per
       forward pass): the widest step's input plus twice its output;
     - ``data_bytes``: the copy of the data ``fit`` makes on another device (0 on the CPU,
-      where the data is in memory already and not counted);
+      where the data is in memory already and not counted), and what a streamed split holds
+      at once (its shuffle buffer and a record batch, never the whole table);
     - task Jacobian, gradient-level methods only (:mod:`mtlsearch.train._gradient`):
       ``jacobian_copies (2) x n_tasks x P``, the per-task gradients of every parameter,
       held twice at a step's peak. The vectorised backward's per-task activation gradients
@@ -453,6 +499,11 @@ def estimate_memory(
             dims = (a.lead, n, a.width) if a.lead > 1 else (n, a.width)
             candidates.append((size, f"{a.label} ({_shape(dims)}, {human_size(size)}; {a.field}, {why})"))
     largest_bytes, largest = max(candidates, key=lambda c: c[0])
+    tables = [
+        (p.numel() * p.element_size(), text)
+        for (name, p), (_, text) in zip(params, candidates, strict=False)
+        if name.startswith(("encoder.tables.", "encoder.task_tables"))
+    ]
     return MemoryEstimate(
         n_parameters=n_parameters,
         parameter_bytes=parameter_bytes,
@@ -465,6 +516,8 @@ def estimate_memory(
         largest_tensor=largest,
         largest_tensor_bytes=largest_bytes,
         jacobian_bytes=jacobian_bytes,
+        embedding_bytes=sum(n for n, _ in tables),
+        largest_table=max(tables, key=lambda t: t[0])[1] if tables else "",
     )
 
 
@@ -481,6 +534,16 @@ def check_memory(
     limit (see :func:`memory_limit`); returns the estimate otherwise. Logs it at DEBUG."""
     estimate = estimate_memory(config, train_rows=train_rows, eval_rows=eval_rows, data_bytes=data_bytes)
     limit, source = memory_limit(max_memory, device)
+    logger.info(
+        "memory for %r: embedding tables %s%s, optimizer state %s, data held %s; total %s, limit %s",
+        config.model.name,
+        human_size(estimate.embedding_bytes),
+        f" (biggest: {estimate.largest_table})" if estimate.largest_table else "",
+        human_size(estimate.optimizer_bytes),
+        human_size(estimate.data_bytes),
+        human_size(estimate.total_bytes),
+        "none" if limit is None else human_size(limit),
+    )
     logger.debug(
         "memory estimate for %r: %s; largest tensor %s; limit %s (%s)",
         config.model.name,
@@ -498,6 +561,14 @@ def check_memory(
         raise MemoryLimitExceeded(
             f"model {config.model.name!r} needs {estimate.summary()} to train, more than the limit "
             f"of {human_size(limit)} ({source}{hint}); largest tensor: {estimate.largest_tensor}"
+            + (
+                f"; biggest embedding table: {estimate.largest_table}"
+                # named when the tables matter (1 % of the total or more) and are not named already
+                if estimate.largest_table
+                and estimate.largest_table != estimate.largest_tensor
+                and estimate.embedding_bytes * 100 >= estimate.total_bytes
+                else ""
+            )
         )
     return estimate
 

@@ -68,11 +68,15 @@ class LossWeighting(nn.Module):
     ``gamma``); ``options`` its own hyper-parameters; the config rejects the others.
     ``needs_model``: the method reads the model's parameters (gradient-level methods,
     GradNorm), so ``attach`` must be called before the first ``backward``.
+    ``scale_invariant_backward``: an overridden ``backward`` given ``S * L_k`` accumulates
+    exactly ``S`` times its gradients for ``L_k`` (degree-1 homogeneous), so fp16's loss
+    scaling may run it (see :mod:`mtlsearch.train._precision`).
     """
 
     accepts: ClassVar[frozenset[str]] = frozenset()
     options: ClassVar[dict[str, Option]] = {}
     needs_model: ClassVar[bool] = False
+    scale_invariant_backward: ClassVar[bool] = False
 
     def __init__(self, tasks: tuple[TaskSpec, ...], config: LossWeightingConfig) -> None:
         super().__init__()
@@ -312,6 +316,8 @@ class GeometricLossStrategy(LossWeighting):
     (``1/K`` each before the first epoch ends, or while a task's loss is undefined).
     """
 
+    scale_invariant_backward = True  # the geometric mean of S * L_k is S times theirs
+
     def __init__(self, tasks: tuple[TaskSpec, ...], config: LossWeightingConfig) -> None:
         super().__init__(tasks, config)
         self._weights = [1.0 / len(self.task_names)] * len(self.task_names)
@@ -430,8 +436,8 @@ class GradNorm(LossWeighting):
 
     @classmethod
     def check_model(cls, model: Any) -> None:
-        if len(model.tasks) >= 2:
-            shared_experts(model.levels, len(model.tasks))
+        if len(model.tower_tasks) >= 2:  # product tasks (ESMM) have no gate
+            shared_experts(model.levels, len(model.tower_tasks))
 
     def attach(self, model: nn.Module) -> None:
         if len(self.task_names) < 2:
