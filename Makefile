@@ -23,7 +23,9 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check mtlsearch tests benchmarks cli.py
 
 test: $(BIN)/.installed lint
-	$(BIN)/python -m pytest -q
+	# -n auto: one pytest worker per core, each pinned to its core (tests/conftest.py);
+	# --dist loadfile keeps a file on one worker, so module-scoped fixtures are built once.
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

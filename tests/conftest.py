@@ -16,6 +16,21 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n auto``), each worker process is pinned to
+    one core and uses one torch thread, and the subprocesses it starts inherit the pin (the
+    CLI's default thread count reads the affinity mask). Without this, two workers' OpenMP
+    thread pools would fight over the same cores (7-18x slower epochs, see pitfalls.md)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cores[int(worker[2:]) % len(cores)]})
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def shared_data_dir(*parts: str) -> Path:
     """The shared data folder (or ``parts`` below it).
 
