@@ -20,9 +20,11 @@ Parts (``--parts``, default all that the machine can run):
     the same step under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs) is added.
 
 ``ddp``
-    ``mtlsearch train`` on the census table (``--ddp-rows`` training rows) with
-    ``--nproc 1`` and ``--nproc 2`` (gloo, CPU), side by side: samples/s of the training
-    pass from each run's metrics.json, and the test AUCs.
+    ``mtlsearch train`` on the census table (``--ddp-rows`` training rows, the PLE of
+    benchmarks/configs/census_ple_embed_init_0.01.yaml) with ``--nproc 1`` and ``--nproc 2``
+    (gloo, CPU), one after the other, each with the machine's cores divided among its ranks:
+    samples/s from each run's metrics.json (an epoch = training pass + validation on all
+    ranks), and the test AUCs.
 
 Run from the repository root::
 
@@ -146,7 +148,9 @@ def run_census(data: Any, batch: int, epochs: int, device: str, precision: str) 
 
 
 # ---- large synthetic PLE: the bare step against the device's matmul ----------------------
-def large_step(device: torch.device, precision: str, batch: int, steps: int, compile_: bool) -> dict[str, Any]:
+def large_step(
+    device: torch.device, precision: str, batch: int, steps: int, compile_: bool
+) -> dict[str, Any]:
     from mtlsearch.arch import InputSpec, TaskSpec, build_model, count_parameters, preset
 
     tasks = (TaskSpec("a", "binary"), TaskSpec("b", "binary"))
@@ -203,14 +207,23 @@ def large_step(device: torch.device, precision: str, batch: int, steps: int, com
 
 
 # ---- DDP on the CPU: mtlsearch train --nproc 1 vs 2 --------------------------------------
-def run_ddp(data_dir: Path | None, nproc: int, rows: int, epochs: int, batch: int, threads: int) -> dict[str, Any]:
+def run_ddp(
+    data_dir: Path | None, nproc: int, rows: int, epochs: int, batch: int, threads: int
+) -> dict[str, Any]:
+    """``mtlsearch train --nproc N`` on census-income group 1 with the PLE of
+    benchmarks/configs/census_ple_embed_init_0.01.yaml (epochs and batch set here)."""
+    import yaml
+
+    config = yaml.safe_load((HERE / "configs" / "census_ple_embed_init_0.01.yaml").read_text())
+    config["training"].update(epochs=epochs, batch_size=batch, patience=None)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
+        path = Path(tmp) / "ple.yaml"
+        path.write_text(yaml.safe_dump(config))
         cmd = [
-            sys.executable, "-m", "mtlsearch", "train", "--dataset", "census-income",
-            "--preset", "ple", "--epochs", str(epochs), "--batch-size", str(batch),
+            sys.executable, "-m", "mtlsearch", "train", "--config", str(path), "--dataset", "census-income",
             "--max-rows", str(rows), "--out", str(out), "--nproc", str(nproc), "--threads", str(threads),
-            "--quiet",
+            "--device", "cpu", "--quiet",
         ]  # fmt: skip
         if data_dir is not None:
             cmd += ["--data-dir", str(data_dir)]
@@ -236,15 +249,21 @@ def run_ddp(data_dir: Path | None, nproc: int, rows: int, epochs: int, batch: in
 # ---- report ------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parts", nargs="+", choices=["census", "large", "ddp"], default=["census", "large", "ddp"])
+    ap.add_argument(
+        "--parts", nargs="+", choices=["census", "large", "ddp"], default=["census", "large", "ddp"]
+    )
     ap.add_argument("--data-dir", type=Path, default=None, help="folder holding census-income-kdd/")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batches", type=int, nargs="+", default=[1024, 8192])
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--large-batch", type=int, default=8192)
-    ap.add_argument("--cpu-threads", type=int, default=None, help="torch threads on the CPU (default: all cores)")
+    ap.add_argument(
+        "--cpu-threads", type=int, default=None, help="torch threads on the CPU (default: all cores)"
+    )
     ap.add_argument("--no-cpu", action="store_true", help="skip the CPU rows of census and large")
-    ap.add_argument("--compile", action="store_true", help="add torch.compile(reduce-overhead) rows on the GPU")
+    ap.add_argument(
+        "--compile", action="store_true", help="add torch.compile(reduce-overhead) rows on the GPU"
+    )
     ap.add_argument("--ddp-rows", type=int, default=50_000)
     ap.add_argument("--ddp-epochs", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None, help="also write the JSON object here")
@@ -278,7 +297,10 @@ def main() -> None:
                 for batch in args.batches:
                     rows.append(run_census(data, batch, args.epochs, dev, precision))
                     r = rows[-1]
-                    print(f"census {dev} {precision} batch {batch}: {r['samples_per_s']:,.0f} samples/s", flush=True)
+                    print(
+                        f"census {dev} {precision} batch {batch}: {r['samples_per_s']:,.0f} samples/s",
+                        flush=True,
+                    )
         report["census"] = rows
         print("\n| device | precision | batch | samples/s (train pass) | test AUC income | marital |")
         print("| --- | --- | ---: | ---: | ---: | ---: |")
@@ -292,10 +314,15 @@ def main() -> None:
         for dev in devices:
             for precision in ("fp32", "bf16"):
                 for compiled in (False, True) if (dev == "cuda" and args.compile) else (False,):
-                    rows.append(large_step(torch.device(dev), precision, args.large_batch, args.steps, compiled))
+                    rows.append(
+                        large_step(torch.device(dev), precision, args.large_batch, args.steps, compiled)
+                    )
         report["large"] = rows
         print(f"\nlarge PLE bare step, batch {args.large_batch}")
-        print("| device | precision | compiled | GFLOP/step | step ms | samples/s | TFLOP/s | matmul TFLOP/s | share |")
+        print(
+            "| device | precision | compiled | GFLOP/step | step ms | samples/s | TFLOP/s | "
+            "matmul TFLOP/s | share |"
+        )
         print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in rows:
             ref = report["matmul_tflops"][f"{r['device']}/{r['precision']}"]
@@ -308,7 +335,8 @@ def main() -> None:
     if "ddp" in args.parts:
         cores = os.cpu_count() or 2
         rows = [
-            run_ddp(args.data_dir, n, args.ddp_rows, args.ddp_epochs, 1024, max(1, cores // n)) for n in (1, 2)
+            run_ddp(args.data_dir, n, args.ddp_rows, args.ddp_epochs, 1024, max(1, cores // n))
+            for n in (1, 2)
         ]
         report["ddp"] = rows
         print("\nDDP on the CPU (gloo), census-income, mtlsearch train --nproc N")

@@ -37,10 +37,17 @@ state, parameters and values, so that two runs (before / after a change) can be 
 for identical results (``--compare FILE``). ``--profile FILE`` also writes a cProfile of
 the trial loop (read with ``python -m pstats FILE``) and prints its top functions.
 
+A before/after comparison of the package code: run the script once against a copy of the
+package with the old files (``PYTHONPATH=/copy``) and once against the working tree, with
+``--json`` and ``--compare``. ``--sqlite-default`` turns the storage's SQLite settings off
+(:data:`mtlsearch.search._storage.SQLITE_PRAGMAS`) for an A/B of that cut alone.
+Results are in ``docs/benchmarks.md`` ("Per-trial overhead").
+
 Usage::
 
     .venv/bin/python benchmarks/trial_overhead.py [--dataset census|synthetic] [--trials 40] \\
-        [--epochs 2] [--pruner moasha|none|dominance] [--sampler tpe] [--json F] [--profile F]
+        [--epochs 2] [--pruner moasha|none|dominance] [--sampler tpe] [--json F] [--compare F] \\
+        [--profile F] [--sqlite-default]
 """
 
 from __future__ import annotations

@@ -321,7 +321,9 @@ def open_storage(url: str, heartbeat: bool = True, retry_seconds: float | None =
     """An Optuna storage for ``url`` with the lease contract and outage retries.
 
     ``url``: ``sqlite:///...``, ``postgresql://...``, ``mysql://...`` (RDB, Optuna's
-    heartbeat) or ``redis://host:port`` (journal, :class:`LeasedJournalStorage`).
+    heartbeat) or ``redis://host:port`` (journal, :class:`LeasedJournalStorage`). A SQLite
+    file is put in write-ahead-log mode with ``synchronous=NORMAL`` (:func:`_fast_sqlite`:
+    commits without fsync; what that gives up is said there).
     ``heartbeat``: False for read-only use (reports, export) — no lease, no retry callback.
     ``retry_seconds``: outage retry window (default :func:`storage_retry_seconds`).
 
@@ -371,7 +373,7 @@ def _fast_sqlite(engine: Any) -> None:
     """Make each SQLite commit cheap: write-ahead log, synced at checkpoints only.
 
     In SQLite's default mode (rollback journal, ``synchronous=FULL``) every commit waits for
-    several fsyncs: about 10-13 ms on our machines, and a trial commits 30-45 writes (each
+    several fsyncs: about 10-13 ms on our machines, and a trial commits 30-35 writes (each
     suggested parameter, each user attribute, every epoch's values, the state), which made
     storage writes the largest part of a trial's fixed cost (``benchmarks/trial_overhead.py``).
     With ``journal_mode=WAL`` and ``synchronous=NORMAL`` a commit is an append to the log
