@@ -102,6 +102,38 @@ def test_search_on_a_missing_gpu_is_one_line_exit_2_and_writes_nothing(tmp_path,
     assert not (tmp_path / "s.db").exists()
 
 
+@no_gpu
+@pytest.mark.parametrize("command", ["baselines", "worker", "export"])
+def test_other_training_commands_refuse_a_missing_gpu_before_reading_anything(
+    command, tmp_path, monkeypatch, capsys
+):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    args = {
+        "baselines": ["baselines", "--dataset", "synthetic", "-o", "n=600", "--out", str(tmp_path / "b")],
+        "worker": ["worker", "--study", "none", "--storage", storage],
+        "export": [
+            "export",
+            "--study",
+            "none",
+            "--storage",
+            storage,
+            "--pick",
+            "knee",
+            "--out",
+            "o",
+            "--retrain",
+        ],
+    }[command]
+    code, _, err = run_main(monkeypatch, capsys, tmp_path, *args, "--device", "cuda")
+    assert code == 2
+    assert (
+        err.strip() == "error: --device cuda: no CUDA device is present (torch.cuda.is_available() is False)"
+    )
+    assert (
+        not (tmp_path / "s.db").exists() and not (tmp_path / "b").exists() and not (tmp_path / "o").exists()
+    )
+
+
 # ---- precisions -------------------------------------------------------------------------------
 def test_bf16_on_cpu_trains_close_to_fp32():
     """Tolerance: 3 epochs of bf16 autocast (8-bit mantissa in the matmuls, float32

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mtlsearch.cli._common import check_device_flag, device_option
+
 logger = logging.getLogger(__name__)
 
 _STORAGE_HELP = "The study's Optuna storage URL (default sqlite:///mtlsearch.db)."
@@ -49,6 +51,7 @@ def export(
         False, "--retrain", help="Train the config again when MLflow has no model for the trial."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
+    device: str | None = device_option(),
     format_: str = typer.Option(
         "pt2",
         "--format",
@@ -63,12 +66,14 @@ def export(
 
     rule = parse_pick(pick)  # a bad rule or format fails before the storage is opened
     formats = parse_format(format_)
+    device = check_device_flag(device) if device is not None else None  # where --retrain trains
     study = load_study(study_name, storage or default_storage_url())
     objectives = objectives_of(study)
     chosen = pick_trial(study, rule, objectives)
     result = export_pick(
-        study, chosen, out, tracking_uri=tracking_uri, retrain=retrain, overwrite=overwrite, formats=formats
-    )
+        study, chosen, out, tracking_uri=tracking_uri, retrain=retrain, overwrite=overwrite, formats=formats,
+        device=device,
+    )  # fmt: skip
     t = chosen.trial
     table = Table(
         title=f"{study_name}: trial {t.number} ({t.user_attrs.get('preset', 'searched')}) by {rule.text}"

@@ -174,10 +174,18 @@ def _env(name: str, value: str) -> Iterator[None]:
             os.environ[name] = old
 
 
-def _retrain(study: optuna.Study, config: Any, dst: Path) -> tuple[Path, dict[str, dict[str, float]]]:
+def _retrain(
+    study: optuna.Study, config: Any, dst: Path, device: str | None = None
+) -> tuple[Path, dict[str, dict[str, float]]]:
+    """Train ``config`` again on the study's data (on ``device``, a torch device text such
+    as ``"cuda"``; None: the config's, else torch's default) and save its checkpoint."""
+    from dataclasses import replace
+
     from mtlsearch.data import load_dataset
     from mtlsearch.train import fit, save_checkpoint
 
+    if device is not None:
+        config = replace(config, training=replace(config.training, device=device))
     settings = settings_of(study)
     data_dir = Path(settings.data_dir) if settings.data_dir else None
     data = load_dataset(settings.dataset, data_dir=data_dir, seed=settings.seed, **settings.dataset_options)
@@ -285,10 +293,12 @@ def export_pick(
     retrain: bool = False,
     overwrite: bool = False,
     formats: tuple[str, ...] = ("pt2",),
+    device: str | None = None,
 ) -> ExportResult:
     """Write the picked trial's config, checkpoint (from MLflow, or retrained when
     ``retrain`` and MLflow has none) and serving programs (``formats``: ``"pt2"``,
-    ``"onnx"``; see :data:`FORMATS`) to ``out``."""
+    ``"onnx"``; see :data:`FORMATS`) to ``out``. ``device``: where a retrain trains (the
+    written config keeps no device; the precision is the trial's own)."""
     from mtlsearch.train import ExperimentConfig, load_checkpoint
 
     formats = tuple(formats)
@@ -323,7 +333,7 @@ def export_pick(
         elif not run_id:
             result.notes.append("the trial was not tracked in MLflow")
         if checkpoint is None and retrain:
-            checkpoint, valid = _retrain(study, config, tmp / CHECKPOINT_DIR)
+            checkpoint, valid = _retrain(study, config, tmp / CHECKPOINT_DIR, device)
             result.checkpoint_source = "retrained"
             result.reproduced = valid
             diff = _max_difference(trial.user_attrs.get("valid", {}), valid)
