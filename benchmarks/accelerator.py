@@ -262,6 +262,13 @@ def main() -> None:
     )
     ap.add_argument("--no-cpu", action="store_true", help="skip the CPU rows of census and large")
     ap.add_argument(
+        "--devices",
+        nargs="+",
+        choices=["cpu", "cuda"],
+        default=None,
+        help="rows of census and large (default: all)",
+    )
+    ap.add_argument(
         "--compile", action="store_true", help="add torch.compile(reduce-overhead) rows on the GPU"
     )
     ap.add_argument("--ddp-rows", type=int, default=50_000)
@@ -272,6 +279,8 @@ def main() -> None:
         torch.set_num_threads(args.cpu_threads)
     cuda = torch.cuda.is_available()
     devices = ([] if args.no_cpu else ["cpu"]) + (["cuda"] if cuda else [])
+    if args.devices is not None:
+        devices = [d for d in devices if d in args.devices]
     report: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores"

@@ -131,6 +131,7 @@ def test_bounded_shuffle_buffer_sees_every_row_once_in_a_seeded_order(tmp_path):
         ExperimentConfig.load(d / "exp.yaml", inputs=st.input_spec(), tasks=st.tasks), st, progress=False
     )
     assert len(result.history) == 2 and 0.0 < result.valid["ctr"]["auc"] < 1.0
+    assert "targets" not in st.train._shared  # training never collected the training labels
 
 
 _ORDER_SCRIPT = """

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mtlsearch._errors import UserError
 from mtlsearch.data._tensors import MTLDataset, TensorSplit
 
 SPLITS = ("train", "valid", "test")
@@ -100,8 +101,14 @@ def label_correlation(split: TensorSplit, a: str, b: str) -> float:
 
 
 def describe(data: MTLDataset) -> DatasetDescription:
-    """Summarise a loaded dataset from its encoded tensors (what a model will see)."""
+    """Summarise a loaded dataset from its encoded tensors (what a model will see). A streamed
+    dataset (``stream: true``) is refused in one line: ``mtlsearch data scan`` reads it."""
     ds = data
+    if not isinstance(ds.train, TensorSplit):
+        raise UserError(
+            f"{ds.name}: a streamed dataset (stream: true) is not described in memory; "
+            "`mtlsearch data scan SPEC` summarises it in one streaming pass"
+        )
     features: list[FeatureSummary] = []
     for j, name in enumerate(ds.numeric_features):
         features.append(FeatureSummary(name, "numeric", int(torch.unique(ds.train.numeric[:, j]).numel())))

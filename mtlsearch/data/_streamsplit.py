@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -234,8 +234,8 @@ class StreamSplit:
 
     def take(self, idx: Tensor | slice) -> TensorSplit:
         raise UserError(
-            f"{self.path}: a streamed split (stream: true) cannot be subsampled by rows; "
-            "drop the search's data-fraction fidelity or load the data in memory"
+            f"{self.path}: a streamed split (stream: true) cannot be subsampled by row indices "
+            "(--max-rows, the search's data-fraction fidelity); set stream: false to load it in memory"
         )
 
     def resident_bytes(self) -> int:
@@ -266,19 +266,40 @@ class StreamSplit:
         return self._apply(self._shared["targets"])
 
     @property
-    def labels(self) -> dict[str, Tensor]:
-        return self.targets().labels
+    def labels(self) -> Mapping[str, Tensor]:
+        """Every task's labels (collected on first item access; ``in``/``keys`` read nothing)."""
+        return _Targets(self, "labels", [t.task.name for t in self.preprocessor.tasks])
 
     @property
-    def masks(self) -> dict[str, Tensor]:
-        return self.targets().masks
+    def masks(self) -> Mapping[str, Tensor]:
+        return _Targets(self, "masks", [t.task.name for t in self.preprocessor.tasks])
 
     @property
-    def weights(self) -> dict[str, Tensor]:
-        return self.targets().weights
+    def weights(self) -> Mapping[str, Tensor]:
+        """The row weights of the tasks with a ``weight`` column."""
+        return _Targets(self, "weights", [t.task.name for t in self.preprocessor.tasks if t.task.weight])
 
     def __repr__(self) -> str:
         return f"StreamSplit({self.path!r}, {len(self._units)} unit(s), shuffle_buffer={self.shuffle_buffer})"
+
+
+class _Targets(Mapping[str, Tensor]):
+    """A streamed split's labels, masks or weights by task: the keys are known without
+    reading (so ``task in split.weights`` costs nothing), an item collects the targets."""
+
+    def __init__(self, split: StreamSplit, part: str, keys: Sequence[str]) -> None:
+        self._split, self._part, self._keys = split, part, tuple(keys)
+
+    def __getitem__(self, key: str) -> Tensor:
+        if key not in self._keys:
+            raise KeyError(key)
+        return getattr(self._split.targets(), self._part)[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 def _check_train_stats(fit: StreamFit, spec: DatasetSpec, source: str) -> None:

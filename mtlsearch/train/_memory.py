@@ -531,19 +531,10 @@ def check_memory(
     data_bytes: int = 0,
 ) -> MemoryEstimate:
     """Estimate ``config``'s memory and raise :class:`MemoryLimitExceeded` if it exceeds the
-    limit (see :func:`memory_limit`); returns the estimate otherwise. Logs it at DEBUG."""
+    limit (see :func:`memory_limit`); returns the estimate otherwise, after logging at INFO
+    the embedding tables' and the optimizer's share (the whole estimate at DEBUG)."""
     estimate = estimate_memory(config, train_rows=train_rows, eval_rows=eval_rows, data_bytes=data_bytes)
     limit, source = memory_limit(max_memory, device)
-    logger.info(
-        "memory for %r: embedding tables %s%s, optimizer state %s, data held %s; total %s, limit %s",
-        config.model.name,
-        human_size(estimate.embedding_bytes),
-        f" (biggest: {estimate.largest_table})" if estimate.largest_table else "",
-        human_size(estimate.optimizer_bytes),
-        human_size(estimate.data_bytes),
-        human_size(estimate.total_bytes),
-        "none" if limit is None else human_size(limit),
-    )
     logger.debug(
         "memory estimate for %r: %s; largest tensor %s; limit %s (%s)",
         config.model.name,
@@ -570,6 +561,16 @@ def check_memory(
                 else ""
             )
         )
+    logger.info(
+        "memory for %r: embedding tables %s%s, optimizer state %s, data held %s; total %s, limit %s",
+        config.model.name,
+        human_size(estimate.embedding_bytes),
+        f" (biggest: {estimate.largest_table})" if estimate.largest_table else "",
+        human_size(estimate.optimizer_bytes),
+        human_size(estimate.data_bytes),
+        human_size(estimate.total_bytes),
+        "none" if limit is None else human_size(limit),
+    )
     return estimate
 
 
