@@ -31,3 +31,26 @@ def check() -> None:
     """Raise a recorded interrupt, once, if this is the main thread."""
     if _pending and threading.current_thread() is threading.main_thread():
         raise _pending.pop()
+
+
+def quiet_swallowed_interrupts() -> None:
+    """Install a :data:`sys.unraisablehook` that stays silent about an interrupt raised in a
+    finaliser or weakref callback (the "Exception ignored in ..." report with its traceback):
+    that interrupt was :func:`record`-ed and is raised again at the next :func:`check`, so
+    the user sees one clean exit, not a traceback. Any other unraisable exception is
+    reported as before. Idempotent."""
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "_mtlsearch_quiet", False):
+        return
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and any(
+            unraisable.exc_value is exc for exc in _pending
+        ):
+            return
+        previous(unraisable)
+
+    hook._mtlsearch_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook

@@ -72,3 +72,37 @@ def test_the_sigint_handler_records_and_raises():
     with pytest.raises(KeyboardInterrupt) as again:
         _interrupt.check()
     assert again.value is err.value
+
+
+def test_a_swallowed_interrupt_prints_no_traceback_but_other_unraisables_still_do(tmp_path):
+    """In a real process: the interpreter's "Exception ignored in ..." report (with its
+    traceback) is silenced for the recorded interrupt only; a ValueError in a finaliser is
+    still reported."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "swallow.py"
+    script.write_text(
+        "import signal, sys\n"
+        "from mtlsearch import _interrupt\n"
+        "from mtlsearch.cli import _on_sigterm\n"
+        "_interrupt.quiet_swallowed_interrupts()\n"
+        "_interrupt.quiet_swallowed_interrupts()  # idempotent\n"
+        "class A:\n"
+        "    def __del__(self):\n"
+        "        _on_sigterm(signal.SIGTERM, None)\n"
+        "class B:\n"
+        "    def __del__(self):\n"
+        "        raise ValueError('boom in a finaliser')\n"
+        "a = A(); del a\n"
+        "b = B(); del b\n"
+        "try:\n"
+        "    _interrupt.check()\n"
+        "except KeyboardInterrupt as exc:\n"
+        "    print('raised at the safe point:', type(exc).__name__)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "raised at the safe point: Terminated"
+    assert "Terminated" not in proc.stderr
+    assert "ValueError: boom in a finaliser" in proc.stderr

@@ -103,6 +103,7 @@ def main() -> None:
     Ctrl-C exits 130 and SIGTERM 143 after releasing running trials; a study storage that
     stays unreachable exits 75 (EX_TEMPFAIL) with one line."""
     if threading.current_thread() is threading.main_thread():
+        _interrupt.quiet_swallowed_interrupts()  # a swallowed interrupt is re-raised, not printed
         signal.signal(signal.SIGTERM, _on_sigterm)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, _on_sigint)

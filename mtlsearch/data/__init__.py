@@ -21,7 +21,7 @@ from mtlsearch.data._describe import DatasetDescription, describe
 from mtlsearch.data._download import cache_dir, fetch_verified
 from mtlsearch.data._io import read_table
 from mtlsearch.data._preprocess import Preprocessor
-from mtlsearch.data._sample import MAX_ROWS, check_max_rows, sample_train
+from mtlsearch.data._sample import MAX_ROWS, check_max_rows, hashed_indices, sample_train
 from mtlsearch.data._spec import (
     DatasetSpec,
     FeatureSpec,
@@ -58,6 +58,7 @@ __all__ = [
     "check_max_rows",
     "describe",
     "fetch_verified",
+    "hashed_indices",
     "is_streamed",
     "load_ali_ccp",
     "load_aliexpress",

@@ -5,6 +5,15 @@ Only the training split is cut: validation and test keep every row, so the metri
 quick search are measured on the same rows as a full one. Preprocessing (vocabularies,
 numeric scaling, label scaling) stays fitted on the full training split, so a model
 trained on the subsample reads rows exactly as one trained on all of them.
+
+Streamed splits (``stream: true``, :class:`~mtlsearch.data.StreamSplit`) are subsampled
+without reading them: the kept rows are the ``max_rows`` global row indices (file order)
+with the smallest stable hash of ``(seed, index)`` (:func:`row_hash`, SplitMix64; not
+Python's salted ``hash()``), found in chunks with ``O(max_rows)`` memory
+(:func:`hashed_indices`), and the split skips the other rows as it reads (whole row groups
+without a kept row are not read). Exactly ``max_rows`` rows, the same for the same seed in
+every process; unlike the in-memory sample it is *not* stratified by the binary tasks and
+the labels of the kept rows are not checked (either would need a pass over the data).
 """
 
 from __future__ import annotations
@@ -34,6 +43,46 @@ def check_max_rows(value: Any, path: str = MAX_ROWS) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise UserError(f"{path}: must be an integer >= 1, got {value!r}")
     return int(value)
+
+
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+#: Indices hashed per chunk by :func:`hashed_indices` (32 MiB of hashes).
+HASH_CHUNK = 1 << 22
+
+
+def row_hash(seed: int, index: np.ndarray) -> np.ndarray:
+    """A stable 64-bit hash (uint64, one per element) of ``(seed, index)``: SplitMix64's
+    finaliser (Steele, Lea & Flood, "Fast splittable pseudorandom number generators",
+    OOPSLA 2014) of ``index * golden + mix(seed)``, vectorised; the same in every process
+    and platform (no ``PYTHONHASHSEED``)."""
+    offset = np.uint64((((seed & _M64) * 0xBF58476D1CE4E5B9) ^ 0x2545F4914F6CDD1D) & _M64)
+    z = np.asarray(index).astype(np.uint64) * np.uint64(_GOLDEN) + offset  # wraps mod 2**64
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return z
+
+
+def hashed_indices(n: int, k: int, seed: int, chunk: int = HASH_CHUNK) -> np.ndarray:
+    """The ``k`` indices of ``range(n)`` with the smallest :func:`row_hash`, sorted: a seeded
+    subsample of exactly ``min(k, n)`` rows that needs no data,
+    computed ``chunk`` indices at a time in ``O(k + chunk)`` memory (int64)."""
+    if k >= n:
+        return np.arange(n, dtype=np.int64)
+    best_h = np.zeros(0, dtype=np.uint64)
+    best_i = np.zeros(0, dtype=np.int64)
+    for start in range(0, n, chunk):
+        idx = np.arange(start, min(start + chunk, n), dtype=np.int64)
+        cand_h = np.concatenate([best_h, row_hash(seed, idx)])
+        cand_i = np.concatenate([best_i, idx])
+        if len(cand_h) > k:
+            order = np.argpartition(cand_h, k - 1)[:k]  # deterministic (a 64-bit tie: ~never)
+            cand_h, cand_i = cand_h[order], cand_i[order]
+        best_h, best_i = cand_h, cand_i
+    return np.sort(best_i)
 
 
 def binary_strata_of(split: TensorSplit, tasks: Any) -> np.ndarray:
@@ -102,12 +151,20 @@ def sample_train(ds: MTLDataset, max_rows: int, seed: int = 0) -> MTLDataset:
     ``ds.meta`` records ``max_rows`` and ``train_rows`` (the full count). Raises
     :class:`UserError` when the subsample leaves a task without a usable training label.
     """
+    from mtlsearch.data._streamsplit import is_streamed
+
     max_rows = check_max_rows(max_rows)  # type: ignore[assignment]
     n = len(ds.train)
     meta = {**ds.meta, MAX_ROWS: max_rows, "train_rows": n}
     if max_rows >= n:
         log.info("%s: max_rows %d >= the %d training rows: all are used", ds.name, max_rows, n)
         return dataclasses.replace(ds, meta=meta)
+    if is_streamed(ds.train):  # hashed, unstratified, unchecked: see the module docstring
+        train = ds.train.take(torch.from_numpy(hashed_indices(n, max_rows, seed)))
+        log.info(
+            "%s: streaming %d of %d training rows (max_rows, hashed, seed %d)", ds.name, max_rows, n, seed
+        )
+        return dataclasses.replace(ds, train=train, meta=meta)
     idx = sample_indices(n, max_rows, binary_strata_of(ds.train, ds.tasks), seed)
     train = ds.train.take(torch.from_numpy(idx))
     _check_sample(train, ds.tasks, max_rows, n)
@@ -115,4 +172,4 @@ def sample_train(ds: MTLDataset, max_rows: int, seed: int = 0) -> MTLDataset:
     return dataclasses.replace(ds, train=train, meta=meta)
 
 
-__all__ = ["MAX_ROWS", "check_max_rows", "sample_indices", "sample_train"]
+__all__ = ["MAX_ROWS", "check_max_rows", "hashed_indices", "row_hash", "sample_indices", "sample_train"]

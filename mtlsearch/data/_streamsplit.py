@@ -21,9 +21,23 @@ covers the whole split the split is read into the buffer in file order and permu
 ``torch.randperm(len(split), generator=generator)``: exactly what an in-memory
 ``TensorSplit`` does, so the batches, and so the trained model, are the in-memory ones.
 
-A streamed split cannot be subsampled by row indices (``take``): the search's data-fraction
-fidelity needs an in-memory split. Its ``labels``/``masks``/``weights`` (what the evaluator
-reads once) are collected on first use in one pass: 9 bytes per row and task at most.
+Row selections without reading: :meth:`StreamSplit.take` with sorted row indices (the
+split's positions, file order; ``--max-rows`` and the search's data-fraction fidelity, see
+:mod:`mtlsearch.data._sample`) and :meth:`StreamSplit.row_range` (a contiguous range: each
+DDP rank's share of a validation split) return a split that reads the same files and drops
+the other rows of each record batch before encoding; a row group without a selected row is
+not read. Slices are refused (a streamed split has no position to slice from).
+
+Several processes (DDP, :mod:`mtlsearch.train.distributed`): :meth:`StreamSplit.rank_batches`
+gives rank ``r`` of ``N`` its own part of every epoch. The epoch's seed is drawn from
+``generator`` (the same on every rank), the row groups holding selected rows are permuted
+with it, and the ``i``-th row group of that order goes to rank ``i % N``; each rank passes
+its row groups through its own shuffle buffer (``shuffle_buffer`` rows per process, seeded
+with ``(epoch seed, rank)``). The ranks' parts are disjoint and together the whole split.
+Each rank needs at least one row group (:meth:`StreamSplit.check_world`).
+
+Its ``labels``/``masks``/``weights`` (what the evaluator reads once) are collected on first
+use in one pass: 9 bytes per row and task at most.
 """
 
 from __future__ import annotations
@@ -114,35 +128,109 @@ class StreamSplit:
         self.format = table_format(self.paths[0], files.format)
         self._transforms: tuple[Callable[[TensorSplit], TensorSplit], ...] = ()
         self._shared: dict[str, Any] = {}  # collected targets, shared by mapped copies
+        # the row selection (take, row_range): sorted global row indices (file order), or a
+        # global [lo, hi) span, or neither (every row)
+        self._idx: np.ndarray | None = None
+        self._span: tuple[int, int] | None = None
+        self._unit_rows: list[int] | None = None  # rows per unit (CSV: counted when needed)
         if self.format == "parquet":
-            self._rows, self._units = self._parquet_units()
+            self._rows, self._units, self._unit_rows = self._parquet_units()
         else:
             self._rows, self._units = -1, [(str(p), None) for p in self.paths]
 
     # ---- files -----------------------------------------------------------------------------
-    def _parquet_units(self) -> tuple[int, list[tuple[str, int | None]]]:
+    def _parquet_units(self) -> tuple[int, list[tuple[str, int | None]], list[int]]:
         import pyarrow.parquet as pq
 
         check_parquet_set(self.paths)  # every footer readable, one schema (names and types)
         schema = pq.read_schema(self.paths[0])
         require_columns(pd.DataFrame(columns=schema.names), self.columns, str(self.paths[0]), "a model input")
-        rows, units = 0, []
+        rows, units, sizes = 0, [], []
         for p in self.paths:
             meta = pq.ParquetFile(p).metadata
             rows += meta.num_rows
-            units.extend((str(p), g) for g in range(meta.num_row_groups) if meta.row_group(g).num_rows)
+            for g in range(meta.num_row_groups):
+                if meta.row_group(g).num_rows:
+                    units.append((str(p), g))
+                    sizes.append(meta.row_group(g).num_rows)
         if rows == 0:
             raise UserError(f"{self.path}: no data rows")
-        return rows, units
+        return rows, units, sizes
 
-    def _frames(self, rng: np.random.Generator | None) -> Iterator[tuple[pd.DataFrame, str]]:
-        order = list(range(len(self._units)))
-        if rng is not None:
-            order = [int(i) for i in rng.permutation(len(order))]
+    # ---- the row selection -----------------------------------------------------------------
+    def _sizes(self) -> list[int]:
+        """Rows per unit (row group; CSV: file), in file order."""
+        if self._unit_rows is None:  # CSV: counted once, reading one column
+            col = self.columns[:1]
+            self._unit_rows = [
+                sum(len(f) for f, _ in iter_frames(p, self.files, col, self.read_rows))
+                for p, _ in self._units
+            ]
+        return self._unit_rows
+
+    def _starts(self) -> list[int]:
+        """The global index (file order) of each unit's first row."""
+        return [0, *np.cumsum(self._sizes()).tolist()][:-1]
+
+    def _selected(self) -> bool:
+        return self._idx is not None or self._span is not None
+
+    def _kept(self, start: int, n: int) -> np.ndarray | None:
+        """Positions (0-based, in ``[0, n)``) of the selected rows among the global rows
+        ``[start, start + n)``; None: all of them."""
+        if self._idx is not None:
+            a, b = np.searchsorted(self._idx, [start, start + n])
+            return None if b - a == n else self._idx[a:b] - start
+        if self._span is not None:
+            lo, hi = max(self._span[0], start), min(self._span[1], start + n)
+            return None if (lo, hi) == (start, start + n) else np.arange(max(lo, start), max(hi, lo)) - start
+        return None
+
+    def _unit_counts(self) -> list[int]:
+        """Selected rows per unit."""
+        sizes = self._sizes()
+        if not self._selected():
+            return list(sizes)
+        starts = self._starts()
+        return [n if (k := self._kept(s, n)) is None else len(k) for s, n in zip(starts, sizes, strict=True)]
+
+    def _live_units(self) -> list[int]:
+        """The units (file order) that hold a selected row: the ones shuffling permutes."""
+        if not self._selected():
+            return list(range(len(self._units)))
+        return [u for u, c in enumerate(self._unit_counts()) if c]
+
+    def _positions(self, idx: np.ndarray) -> np.ndarray:
+        """Global row indices of this split's positions ``idx``."""
+        if self._idx is not None:
+            return self._idx[idx]
+        return idx + (self._span[0] if self._span is not None else 0)
+
+    def _frames(self, order: Sequence[int] | None) -> Iterator[tuple[pd.DataFrame, str]]:
+        """The frames of units ``order`` (None: every unit with a selected row, file order),
+        with the selected rows only."""
+        selected = self._selected()
+        if order is None:
+            order = self._live_units()
+        starts = self._starts() if selected else None
+        read = self._unit_reader()
+        for i in order:
+            offset = starts[i] if starts is not None else 0
+            for frame, path in read(i):
+                n = len(frame)
+                keep = self._kept(offset, n) if selected else None
+                offset += n
+                if keep is not None:
+                    if not len(keep):
+                        continue
+                    frame = frame.iloc[keep]
+                yield frame, path
+
+    def _unit_reader(self) -> Callable[[int], Iterator[tuple[pd.DataFrame, str]]]:
+        """A function reading one unit's frames (one per pass: the Parquet set is checked and
+        its fragments listed once)."""
         if self.format != "parquet":
-            for i in order:
-                yield from iter_frames(self._units[i][0], self.files, self.columns, self.read_rows)
-            return
+            return lambda i: iter_frames(self._units[i][0], self.files, self.columns, self.read_rows)
         import pyarrow.dataset as pds
 
         check_parquet_set(self.paths)  # again each pass: a shard replaced or truncated since
@@ -150,7 +238,8 @@ class StreamSplit:
             str(Path(f.path)): f
             for f in pds.dataset([str(p) for p in self.paths], format="parquet").get_fragments()
         }
-        for i in order:
+
+        def read(i: int) -> Iterator[tuple[pd.DataFrame, str]]:
             path, group = self._units[i]
             try:
                 piece = fragments[str(Path(path))].subset(row_group_ids=[group])
@@ -164,15 +253,20 @@ class StreamSplit:
                     raise UserError(f"{path}: cannot read as PARQUET ({first_line(exc)})") from None
                 raise
 
-    def _encoded(self, rng: np.random.Generator | None = None) -> Iterator[TensorSplit]:
-        for frame, source in self._frames(rng):
+        return read
+
+    def _encoded(self, order: Sequence[int] | None = None) -> Iterator[TensorSplit]:
+        for frame, source in self._frames(order):
             yield self.preprocessor.transform_split(frame, source)
 
     # ---- the TensorSplit protocol ----------------------------------------------------------
     def __len__(self) -> int:
+        if self._idx is not None:
+            return len(self._idx)
+        if self._span is not None:
+            return self._span[1] - self._span[0]
         if self._rows < 0:  # CSV: counted once, reading one column
-            col = self.columns[:1]
-            self._rows = sum(len(f) for p in self.paths for f, _ in iter_frames(p, self.files, col))
+            self._rows = sum(self._sizes())
         return self._rows
 
     @property
@@ -216,9 +310,17 @@ class StreamSplit:
             return
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         rng = np.random.default_rng(seed)
+        live = self._live_units()
+        order = [live[int(i)] for i in rng.permutation(len(live))]
+        yield from self._buffered(order, batch_size, rng)
+
+    def _buffered(
+        self, order: Sequence[int], batch_size: int, rng: np.random.Generator
+    ) -> Iterator[TensorSplit]:
+        """Units ``order`` through the bounded shuffle buffer (module docstring), in batches."""
         cap, keep = self.shuffle_buffer, self.shuffle_buffer // 2
         buf: TensorSplit | None = None
-        for chunk in self._encoded(rng):
+        for chunk in self._encoded(order):
             buf = chunk if buf is None else cat_splits([buf, chunk])
             if len(buf) < cap:
                 continue
@@ -232,11 +334,63 @@ class StreamSplit:
             for s in range(0, len(buf), batch_size):
                 yield self._apply(buf.take(slice(s, s + batch_size)))
 
-    def take(self, idx: Tensor | slice) -> TensorSplit:
-        raise UserError(
-            f"{self.path}: a streamed split (stream: true) cannot be subsampled by row indices "
-            "(--max-rows, the search's data-fraction fidelity); set stream: false to load it in memory"
-        )
+    # ---- several processes (DDP) -----------------------------------------------------------
+    def check_world(self, world: int) -> None:
+        """Raise a one-line :class:`UserError` when fewer than ``world`` row groups (CSV:
+        files) hold selected rows: a rank would have nothing to read."""
+        live = len(self._live_units())
+        if live < world:
+            unit = "row group" if self.format == "parquet" else "file"
+            raise UserError(
+                f"{self.path}: {live} {unit}{'s' * (live != 1)} with rows, fewer than the {world} "
+                f"processes; each process reads whole {unit}s: write smaller row groups or more "
+                "shards, or use fewer processes"
+            )
+
+    def rank_batches(
+        self, batch_size: int, generator: torch.Generator, rank: int, world: int
+    ) -> tuple[int, Iterator[TensorSplit]]:
+        """Rank ``rank`` of ``world``'s part of one epoch (module docstring): the number of
+        rows in it and its batches of ``batch_size`` rows (the last may be shorter). Draws
+        one number from ``generator``, as a 1-process epoch does; every rank must call it
+        with a generator in the same state."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        live = self._live_units()
+        order = [live[int(i)] for i in np.random.default_rng(seed).permutation(len(live))]
+        mine = order[rank::world]  # the i-th unit of the epoch's order goes to rank i % world
+        counts = self._unit_counts()
+        rows = sum(counts[u] for u in mine)
+        return rows, self._buffered(mine, batch_size, np.random.default_rng([seed, rank]))
+
+    # ---- row selections --------------------------------------------------------------------
+    def _select(self, idx: np.ndarray | None, span: tuple[int, int] | None) -> StreamSplit:
+        out = copy.copy(self)
+        out._idx, out._span = idx, span
+        out._shared = {}  # other rows: other targets
+        return out
+
+    def take(self, idx: Tensor | slice) -> StreamSplit:  # type: ignore[override]
+        """The split reduced to the rows at positions ``idx`` (a sorted 1-D integer tensor of
+        distinct positions in ``[0, len(self))``, file order), read by skipping the others."""
+        if isinstance(idx, slice) or idx.dim() != 1 or idx.dtype not in (torch.int64, torch.int32):
+            raise UserError(
+                f"{self.path}: a streamed split (stream: true) takes sorted row indices only, "
+                "not a slice or a mask"
+            )
+        pos = idx.cpu().numpy().astype(np.int64)
+        if len(pos) and (pos[0] < 0 or pos[-1] >= len(self) or bool((np.diff(pos) <= 0).any())):
+            raise ValueError(f"{self.path}: row indices must be sorted, distinct and in [0, {len(self)})")
+        return self._select(self._positions(pos), None)
+
+    def row_range(self, lo: int, hi: int) -> StreamSplit:
+        """The split's rows at positions ``[lo, hi)`` (file order): one DDP rank's share of a
+        validation or test split."""
+        lo, hi = max(0, lo), min(len(self), hi)
+        hi = max(lo, hi)
+        if self._idx is not None:
+            return self._select(self._idx[lo:hi], None)
+        base = self._span[0] if self._span is not None else 0
+        return self._select(None, (base + lo, base + hi))
 
     def resident_bytes(self) -> int:
         """Bytes the split holds while training batches are drawn: the shuffle buffer plus one
@@ -280,7 +434,9 @@ class StreamSplit:
         return _Targets(self, "weights", [t.task.name for t in self.preprocessor.tasks if t.task.weight])
 
     def __repr__(self) -> str:
-        return f"StreamSplit({self.path!r}, {len(self._units)} unit(s), shuffle_buffer={self.shuffle_buffer})"
+        chosen = f", {len(self)} selected rows" if self._selected() else ""
+        units = f"{len(self._units)} unit(s){chosen}"
+        return f"StreamSplit({self.path!r}, {units}, shuffle_buffer={self.shuffle_buffer})"
 
 
 class _Targets(Mapping[str, Tensor]):

@@ -529,6 +529,7 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
     """
     import torch
 
+    from mtlsearch.data import is_streamed
     from mtlsearch.train import (
         ExperimentConfig,
         TrainConfig,
@@ -538,6 +539,9 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
         resolve_device,
     )
 
+    streamed = is_streamed(ctx.data.train)
+    if ctx.nproc > 1 and streamed:  # refused here, before the first trial, not in every trial
+        ctx.data.train.check_world(ctx.nproc)
     if ctx.nproc > 1:  # each trial trains in a fresh DDP group of ctx.nproc processes
         from mtlsearch.search._launch import group_fit
 
@@ -584,7 +588,7 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
             epochs = config.training.epochs
             callbacks: list[Callable[[Any], None]] = [PruningCallback(trial, ctx.objectives, rule, epochs)]
             callbacks += [(lambda report, o=o: o.on_epoch(trial, report)) for o in ctx.observers]
-            rows = fraction_rows(rule, epochs, len(ctx.data.train), ctx.settings.seed)
+            rows = fraction_rows(rule, epochs, len(ctx.data.train), ctx.settings.seed, streamed=streamed)
             result = fit(config, ctx.data, callbacks=callbacks, progress=False, epoch_rows=rows)
             costs = {"params": float(result.n_params)}
             if any(o.name == "latency" for o in ctx.objectives):
@@ -618,7 +622,7 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
 
 
 def fraction_rows(
-    rule: PruningRule | None, epochs: int, n_rows: int, seed: int
+    rule: PruningRule | None, epochs: int, n_rows: int, seed: int, *, streamed: bool = False
 ) -> Callable[[int], Any] | None:
     """The trainer's ``epoch_rows`` hook for MOASHA's data-fraction fidelity, or None.
 
@@ -626,6 +630,9 @@ def fraction_rows(
     ``max(1, round(F * n_rows))`` training rows in every trial (a subsample drawn once with
     ``seed``, kept in row order), so that the rung-0 comparison is between equals; later
     epochs use every row. No rung before the last epoch, or no F: None (all rows, always).
+    ``streamed``: the training split is streamed; the rows are then the ones with the
+    smallest stable hash of ``(seed, row)`` (:func:`mtlsearch.data.hashed_indices`, memory
+    for the chosen rows only, not a permutation of all of them).
     """
     if not isinstance(rule, MOASHAPruning):
         return None
@@ -635,6 +642,11 @@ def fraction_rows(
     import torch
 
     k = max(1, round(float(rule.rung_fraction) * n_rows))  # type: ignore[arg-type]
+    if streamed:
+        from mtlsearch.data import hashed_indices
+
+        idx = torch.from_numpy(hashed_indices(n_rows, k, seed))
+        return lambda epoch: idx if epoch < low else None
     idx = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))[:k].sort().values
     return lambda epoch: idx if epoch < low else None
 

@@ -468,6 +468,9 @@ def fit(
     exactly on all of them (memory: 4 bytes x rows x outputs plus the labels, see
     :mod:`mtlsearch.train._evaluate`). With a shuffle buffer that covers the training rows,
     the order is the in-memory one, so the metrics equal the in-memory run's.
+    Under DDP each rank reads its own row groups of every epoch, with its own shuffle
+    buffer, in lock-step (:mod:`mtlsearch.train.distributed`): not the 1-process result, but
+    the same one for the same seed and number of processes.
     """
     started = time.perf_counter()
     tc = config.training
@@ -478,8 +481,8 @@ def fit(
     group = fit_group(device)  # started by torchrun: one rank of a DDP group
     if group is not None:
         check_weighting(tc.loss_weighting.method)
-        if is_streamed(data.train):
-            raise UserError("streamed data (stream: true) trains in one process; run without --nproc")
+        if is_streamed(data.train):  # each rank reads its own row groups (see distributed)
+            data.train.check_world(group.ctx.world_size)  # type: ignore[attr-defined]
         device = group.device
     splits = (data.train, data.valid, data.test)
     check_memory(

@@ -31,6 +31,9 @@ from mtlsearch.train._weighting import LOSS_WEIGHTINGS
 
 logger = logging.getLogger(__name__)
 
+#: runs whose estimate reaches this many bytes log their memory at INFO, smaller ones at DEBUG
+LOUD_BYTES = 1 << 30
+
 #: Environment variable holding the memory limit of one training (bytes or "8GiB").
 MAX_MEMORY_ENV = "MTLSEARCH_MAX_MEMORY"
 
@@ -561,7 +564,10 @@ def check_memory(
                 else ""
             )
         )
-    logger.info(
+    # INFO (shown by the CLI) once a run is big enough for its memory to matter; below
+    # LOUD_BYTES it is a DEBUG line (-v), so small runs' output stays one table.
+    logger.log(
+        logging.INFO if estimate.total_bytes >= LOUD_BYTES else logging.DEBUG,
         "memory for %r: embedding tables %s%s, optimizer state %s, data held %s; total %s, limit %s",
         config.model.name,
         human_size(estimate.embedding_bytes),

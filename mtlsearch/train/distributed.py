@@ -30,6 +30,24 @@ Not exact: dropout (each rank draws its own masks), batch normalisation (per-ran
 statistics), the gates' auxiliary (load-balancing) loss (the mean of the ranks' losses,
 not the loss of the global batch), and float summation order (a few ulps per step).
 
+Streamed training splits (``stream: true``, :class:`~mtlsearch.data.StreamSplit`): no rank
+holds the table, so the global batches cannot be the 1-process ones. Each epoch, row group
+``i`` of the epoch's seeded row-group order goes to rank ``i % N``
+(:meth:`StreamSplit.rank_batches`), and each rank passes its row groups through its own
+seeded shuffle buffer, yielding local batches of its share of ``batch_size``
+(``(r + 1) B // N - r B // N`` rows). Lock-step: every rank counts the batches its part
+gives, the count is all-reduced with MIN, and every rank trains that many steps, so a rank
+with more rows *skips* its last batches of the epoch (logged; a different part each epoch, as
+the order changes) and no rank waits for a peer that ran out. The loss scaling is the same
+as above with ``n_k`` all-reduced per step (one small all-reduce), so each step's gradient
+is the gradient of the union of the ranks' local batches. Such a run is *not* equal to a
+1-process streamed run (other batch composition, other shuffle, skipped rows); the same
+seed, data and N give the same result. Fewer row groups with rows than ranks is refused
+(:meth:`StreamSplit.check_world`). Streamed validation and test splits are scored as
+in-memory ones: rank ``r`` predicts its contiguous range of rows (read streaming, through
+:meth:`StreamSplit.row_range`), the outputs are gathered in row order and the metrics (the
+exact AUC) computed on all rows, the same on every rank.
+
 Loss weightings that need the per-task gradients of shared parameters (the gradient-level
 methods of :mod:`mtlsearch.train._gradient`, ``gradnorm``, ``famo``, ``gls``: any method that
 overrides ``backward`` or ``after_step``, or reads the model) are refused under DDP with a
@@ -55,9 +73,9 @@ from torch import Tensor, nn
 
 from mtlsearch._errors import UserError
 from mtlsearch.arch import TaskSpec
-from mtlsearch.data import TensorSplit
+from mtlsearch.data import StreamSplit, TensorSplit, is_streamed
 from mtlsearch.train._errors import TrainingDiverged
-from mtlsearch.train._evaluate import Evaluator, raw_outputs, unscale
+from mtlsearch.train._evaluate import Evaluator, raw_outputs, split_outputs, unscale
 from mtlsearch.train._tasks import TASK_KINDS
 from mtlsearch.train._weighting import LOSS_WEIGHTINGS, LossWeighting
 
@@ -216,7 +234,11 @@ class FitGroup:
         self, split: TensorSplit, batch_size: int, generator: torch.Generator, tasks: tuple[TaskSpec, ...]
     ) -> Iterator[TensorSplit]:
         """This rank's slice of every global batch, in the 1-process order
-        (``randperm(n, generator)``, as :meth:`TensorSplit.batches`); sets :attr:`scales`."""
+        (``randperm(n, generator)``, as :meth:`TensorSplit.batches`); sets :attr:`scales`.
+        A streamed split: this rank's own part of the epoch (:meth:`stream_batches`)."""
+        if is_streamed(split):
+            yield from self.stream_batches(split, batch_size, generator, tasks)  # type: ignore[arg-type]
+            return
         n, world, rank = len(split), self.ctx.world_size, self.ctx.rank
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch_size):
@@ -225,6 +247,63 @@ class FitGroup:
             lo, hi = rank * g // world, (rank + 1) * g // world
             self.scales = self._scales(split, idx, lo, hi, tasks)
             yield split.take(idx[lo:hi])
+
+    def stream_batches(
+        self, split: StreamSplit, batch_size: int, generator: torch.Generator, tasks: tuple[TaskSpec, ...]
+    ) -> Iterator[TensorSplit]:
+        """This rank's batches of a streamed split for one epoch (module docstring): its row
+        groups, its share of ``batch_size``, as many steps as the rank with the fewest; sets
+        :attr:`scales` from the per-step all-reduced task row counts (or row weights)."""
+        world, rank = self.ctx.world_size, self.ctx.rank
+        local = (rank + 1) * batch_size // world - rank * batch_size // world
+        if batch_size < world:
+            raise UserError(f"training.batch_size: {batch_size} is smaller than the {world} processes")
+        split.check_world(world)
+        rows, parts = split.rank_batches(local, generator, rank, world)
+        steps = self._min_int(-(-rows // local))
+        counts = torch.tensor(
+            [rows, rows - min(rows, steps * local)], dtype=torch.int64, device=self._comm_device
+        )
+        dist.all_reduce(counts)  # every rank's rows and skipped rows, for the log
+        total, skipped = (int(v) for v in counts.tolist())
+        if skipped and rank == 0:
+            logger.log(
+                logging.WARNING if skipped > 0.05 * total else logging.DEBUG,
+                "streamed DDP epoch: %d of %d training rows skipped (%d steps; the ranks' row groups "
+                "hold unequal rows: more, smaller row groups balance them)",
+                skipped, total, steps,
+            )  # fmt: skip
+        try:
+            for _ in range(steps):
+                batch = next(parts)
+                self.scales = self._stream_scales(batch, tasks)
+                yield batch
+        finally:
+            parts.close()  # a rank with more rows skips the rest (module docstring)
+
+    def _min_int(self, value: int) -> int:
+        t = torch.tensor([value], dtype=torch.int64, device=self._comm_device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t)
+
+    @property
+    def _comm_device(self) -> torch.device:
+        return self.ctx.device if self.ctx.backend == "nccl" else torch.device("cpu")
+
+    def _stream_scales(self, batch: TensorSplit, tasks: tuple[TaskSpec, ...]) -> list[float]:
+        """``N n_k^r / n_k`` with ``n_k`` (the step's rows, or row weight, of task k over all
+        ranks) all-reduced."""
+        mine = []
+        for t in tasks:
+            weight = batch.masks[t.name].double()
+            if t.name in batch.weights:
+                weight = weight * batch.weights[t.name].double()
+            mine.append(weight.sum())
+        local = torch.stack(mine).to(self._comm_device) if mine else torch.zeros(0, dtype=torch.float64)
+        total = local.clone()
+        dist.all_reduce(total)
+        world = self.ctx.world_size
+        return [world * m / s if s > 0 else 0.0 for m, s in zip(local.tolist(), total.tolist(), strict=True)]
 
     def _scales(
         self, split: TensorSplit, idx: Tensor, lo: int, hi: int, tasks: tuple[TaskSpec, ...]
@@ -332,11 +411,19 @@ class GatheredEvaluator(Evaluator):
     def _outputs(self, model: nn.Module) -> dict[str, Tensor]:
         n, world, rank = len(self.split), self.ctx.world_size, self.ctx.rank
         lo, hi = rank * n // world, (rank + 1) * n // world
-        mine = raw_outputs(model, self.split.numeric[lo:hi], self.split.categorical[lo:hi])
-        if not mine:  # no row here: the shapes come from a one-row pass
-            probe = raw_outputs(model, self.split.numeric[:1], self.split.categorical[:1])
-            mine = {k: v[:0] for k, v in probe.items()}
-        device = self.split.numeric.device
+        split = self.split
+        if is_streamed(split):  # this rank's range, read streaming
+            part: Any = split
+            mine = split_outputs(model, part.row_range(lo, hi))
+            if not mine:  # no row here: the shapes come from a one-row pass
+                mine = {k: v[:0] for k, v in split_outputs(model, part.row_range(0, 1)).items()}
+            device = split.device
+        else:
+            mine = raw_outputs(model, split.numeric[lo:hi], split.categorical[lo:hi])
+            if not mine:  # no row here: the shapes come from a one-row pass
+                probe = raw_outputs(model, split.numeric[:1], split.categorical[:1])
+                mine = {k: v[:0] for k, v in probe.items()}
+            device = split.numeric.device
         return {t.name: gather_rows(self.ctx, mine[t.name]).to(device) for t in self.tasks}
 
     def predictions(self, model: nn.Module, epoch: int | None = None) -> dict[str, np.ndarray]:
