@@ -1,6 +1,6 @@
 """Benchmark (not a test): streamed training at growing row counts (issue 12, memory flat).
 
-For each N in ``--rows`` (default 1M and 4M; do not go above 4M on a shared 2-core machine):
+For each N in ``--rows`` (default 1M and 4M; issue 12's 20M run takes about a quarter of an hour here):
 ``mtlsearch data generate`` writes N training rows (10 numeric, the ``--ids`` categorical id
 columns, a click/conversion pair with the conversion masked to clicks) as Parquet shards,
 plus fixed validation and test tables (``--eval-rows`` each); a ``stream: true`` spec reads
@@ -128,8 +128,8 @@ def main() -> None:
         child(*args.child)
         return
     sizes = [int(float(x)) for x in args.rows.split(",")]
-    if max(sizes) > 4_000_000:
-        parser.error("--rows: at most 4000000 on this machine (issue 12's 20M run is for a bigger one)")
+    if max(sizes) > 4_000_000:  # issue 12's 20M run: about 8 min to generate, 4 min per epoch here
+        print(f"note: {max(sizes):,} rows take minutes per step on a 2-core machine", flush=True)
     with tempfile.TemporaryDirectory(prefix="stream-scale-") as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
