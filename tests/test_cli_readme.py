@@ -102,6 +102,7 @@ def test_every_readme_command_runs_or_parses(tmp_path, shared_data_dir):
     )
     (tmp_path / "mine.csv").write_text("a,y\n" + "".join(f"{i % 7},{i % 2}\n" for i in range(100)))
     env = {**os.environ, "MTLSEARCH_DATA": str(shared_data_dir), "COLUMNS": "200"}
+    env["MTLSEARCH_CACHE"] = str(tmp_path / "cache")  # `cache: true` specs: not the user's cache
     failures = []
     for command in [demo_command(), *readme_commands()]:
         args = prepared(command, shared_data_dir)

@@ -142,10 +142,36 @@ def test_cli_refuses_a_non_empty_folder_and_bad_ids(tmp_path, monkeypatch, capsy
         )  # fmt: skip
         assert code == 2 and word in err, err
         assert len(err.strip().splitlines()) == 1
-    code, _, _ = run_main(
+    # --force never deletes a folder of other files: only an earlier run's output (generate.json)
+    code, _, err = run_main(
         monkeypatch, capsys, tmp_path, "data", "generate", "--rows", "10", "--out", str(out), "--force", "-q"
     )
-    assert code == 0 and "keep.txt" not in [p.name for p in out.iterdir()]
+    assert code == 2 and str(out) in err and "generate.json" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    gen_out = tmp_path / "g2"
+    args = ("data", "generate", "--rows", "10", "--numeric", "2", "--out", str(gen_out), "-q")
+    assert run_main(monkeypatch, capsys, tmp_path, *args)[0] == 0
+    (gen_out / "extra.txt").write_text("left by the user")
+    code, _, err = run_main(monkeypatch, capsys, tmp_path, *args, "--seed", "1", "--force")
+    assert code == 0, err
+    assert sorted(p.name for p in gen_out.iterdir()) == ["generate.json", "part-00000.parquet", "spec.yaml"]
+    assert '"seed": 1' in (gen_out / "generate.json").read_text()
+
+
+def test_cli_refuses_the_current_folder_and_its_ancestors(tmp_path, monkeypatch, capsys):
+    """``--out .`` (or a path that resolves to the current folder or above it) would make the
+    final rename fail with EBUSY and, under --force, delete the user's working tree."""
+    work = tmp_path / "a" / "b"
+    (work / "gf").mkdir(parents=True)
+    for out, force in ((".", ()), ("gf/..", ("--force",)), ("..", ("--force",)), (str(tmp_path), ())):
+        code, _, err = run_main(
+            monkeypatch, capsys, work, "data", "generate", "--rows", "10", "--out", out, "-q", *force
+        )
+        assert code == 2, (out, err)
+        assert len(err.strip().splitlines()) == 1 and "current folder" in err and out in err, err
+    assert [p.name for p in work.iterdir()] == ["gf"] and not any((work / "gf").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):

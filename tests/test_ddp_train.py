@@ -174,6 +174,7 @@ def test_a_gradient_level_method_is_refused_in_one_line(runs, monkeypatch, capsy
     assert code == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "'upgrad'" in lines[0] and "DDP" in lines[0], err
+    assert lines[0].startswith("error: upgrad.yaml: training.loss_weighting.method"), err
     assert not (work / "u").exists()
 
 
@@ -188,3 +189,133 @@ def test_which_loss_weightings_run_under_ddp():
     for name in ("fixed", "dynamic", "uncertainty", "dwa", "rlw"):
         assert refusal(name) is None, name
         assert LOSS_WEIGHTINGS[name].backward is LossWeighting.backward
+
+
+# ---- ESCM²'s IPS loss: rescaled by the product's rows, exact as the other losses ----------------
+CHAIN_SPEC = """\
+name: ddp-chain
+files: {path: chain.csv}
+split: {valid: 0.2, test: 0.2, seed: 0}
+features: {numeric: [a, b, c], categorical: [cat]}
+tasks:
+  - {name: ctr, label: click, kind: binary}
+  - {name: cvr, label: conv, kind: binary, where: {click: 1}}
+  - {name: ctcvr, label: buy, kind: binary}
+"""
+CHAIN_CONFIG = """\
+model:
+  tasks:
+    - {name: ctr, kind: binary}
+    - {name: cvr, kind: binary, loss: ips, ips_weight: 0.5, ips_clip: 0.05}
+    - {name: ctcvr, kind: binary, product_of: [ctr, cvr]}
+  levels: [{n_shared: 1, n_specific: 1, expert_hidden: [16]}]
+  towers: {hidden: [8]}
+training:
+  lr: 0.01
+  batch_size: 77
+  epochs: 2
+  seed: 0
+  monitor: ctcvr
+"""
+
+
+def _chain_rows(n: int = 1100, seed: int = 1) -> pd.DataFrame:
+    """Clicks on about 40 % of the rows, conversions on about half of the clicked ones, so each
+    38/39-row half of a batch holds a different share of the clicked rows (the case where
+    scaling by clicked rows instead of impressions changes the gradient)."""
+    rng = np.random.default_rng(seed)
+    frame = _rows(n, seed).drop(columns=["y", "r"])
+    click = (rng.random(n) < 1 / (1 + np.exp(-(frame["a"].to_numpy() - 0.4)))).astype(int)
+    conv = np.where(click == 1, (rng.random(n) < 1 / (1 + np.exp(-frame["b"].to_numpy()))).astype(int), 0)
+    return frame.assign(click=click, conv=conv, buy=click * conv)
+
+
+def test_escm2_ips_loss_under_two_processes_equals_one(tmp_path, monkeypatch, capsys):
+    """The IPS term is normalised by the product's rows (all impressions), so each rank's
+    factor is ``N n^r / n`` over impressions: the 2-process run is the 1-process run."""
+    _chain_rows().to_csv(tmp_path / "chain.csv", index=False)
+    (tmp_path / "spec.yaml").write_text(CHAIN_SPEC)
+    (tmp_path / "esc.yaml").write_text(CHAIN_CONFIG)
+    try:
+        code, _, err = run_main(
+            monkeypatch, capsys, tmp_path, "train", "-c", "esc.yaml", "--data", "spec.yaml", "--out", "one",
+            "--threads", "1", "--quiet",
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(1)
+    assert code == 0, err
+    proc = _ddp_train(tmp_path, "esc.yaml", "two")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert len(one["history"]) == len(two["history"]) == 2
+    for h1, h2 in zip(one["history"], two["history"], strict=True):
+        assert abs(h1["train_loss"] - h2["train_loss"]) < TOL, (h1["train_loss"], h2["train_loss"])
+        for task in ("ctr", "cvr", "ctcvr"):
+            assert abs(h1["task_losses"][task] - h2["task_losses"][task]) < TOL, task
+    for task, metrics in one["valid"].items():
+        for name, value in metrics.items():
+            assert abs(two["valid"][task][name] - value) < TOL, (task, name)
+    # rank 0 alone logs: the data-loading line once, not once per process
+    assert proc.stderr.count("ddp-chain: ") == 1, proc.stderr[-3000:]
+
+
+# ---- bad input under --nproc: one line, exit 2 --------------------------------------------------
+def test_an_error_only_the_ranks_see_is_one_line_and_exit_2(runs):
+    """``--max-memory 1KiB`` needs the data's model to be estimated: every rank refuses; the
+    launcher prints rank 0's message once, without torchrun's report or a traceback."""
+    work, _, _ = runs
+    proc = _ddp_train(work, "exp.yaml", "m", "--max-memory", "1KiB")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "to train, more than the limit of 1.00 KiB" in errors[0], proc.stderr
+    for noise in ("Traceback", "ChildFailedError", "torch.distributed", "exitcode"):
+        assert noise not in proc.stderr, proc.stderr
+    assert len([ln for ln in proc.stderr.splitlines() if ln.strip()]) <= 3, proc.stderr  # 2 INFO + error
+    assert not (work / "m").exists()
+
+
+def test_the_launcher_checks_what_it_can_before_starting_ranks(runs, monkeypatch, capsys):
+    """A malformed --max-memory and a self-contained config's typo fail in the launching
+    process (run in-process here: no rank is started)."""
+    work, _, _ = runs
+    code, _, err = run_main(
+        monkeypatch, capsys, work, "train", "-c", "exp.yaml", "--data", "spec.yaml", "--out", "b",
+        "--nproc", "2", "--max-memory", "lots",
+    )  # fmt: skip
+    assert code == 2 and err.strip().startswith("error: --max-memory: expected a size"), err
+    own = CONFIG.replace(
+        "  towers: {hidden: [8]}",
+        "  towers: {hidden: [8]}\n  inputs: {n_numeric: 3, categorical: [{name: cat, cardinality: 5}]}\n"
+        "  tasks: [{name: ctr, kind: binary}, {name: cvr, kind: binary},"
+        " {name: ctcvr, kind: binary, product_of: [ctr, cvrr]}]",
+    )
+    (work / "own.yaml").write_text(own)
+    code, _, err = run_main(
+        monkeypatch, capsys, work, "train", "-c", "own.yaml", "--data", "spec.yaml", "--out", "b",
+        "--nproc", "2",
+    )  # fmt: skip
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: own.yaml: model."), err
+    assert "cvrr" in lines[0], err
+
+
+def test_ranks_other_than_0_log_errors_only(monkeypatch):
+    import logging
+
+    from mtlsearch.train import distributed
+
+    pkg, root = logging.getLogger("mtlsearch"), logging.getLogger()
+    saved = pkg.level, root.level
+    try:
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", "0")
+        distributed.quiet_other_ranks()
+        assert pkg.level == saved[0] and root.level == saved[1]  # rank 0 unchanged
+        monkeypatch.setenv("RANK", "1")
+        distributed.quiet_other_ranks()
+        assert pkg.level == root.level == logging.ERROR
+        assert not logging.getLogger("mtlsearch.data").isEnabledFor(logging.WARNING)
+    finally:
+        pkg.setLevel(saved[0])
+        root.setLevel(saved[1])

@@ -135,6 +135,7 @@ def test_a_two_process_worker_finishes_its_budget_and_survives_a_killed_rank(tmp
         assert len(t.values) == 2 and all(v == v for v in t.values)  # two finite objectives
         assert len(t.user_attrs["epoch_values"]) == 4  # every epoch relayed by rank 0
         assert t.user_attrs["best_epoch"] in range(4)
+        assert t.user_attrs["processes"] == 2 and t.user_attrs["threads"] == 1  # per process
     assert f"trial {first.number} failed: {reason}" in text
 
 

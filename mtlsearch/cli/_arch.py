@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import typer
@@ -11,6 +12,7 @@ from mtlsearch._errors import UserError
 from mtlsearch.arch import PRESETS, ArchConfig, build_model, count_parameters
 from mtlsearch.arch._config import TOP_K_GATES
 from mtlsearch.cli._common import console
+from mtlsearch.search._describe import _describe_chained
 
 arch_app = typer.Typer(help="Inspect architecture configs and presets.", no_args_is_help=True)
 
@@ -27,7 +29,8 @@ def show(
     ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder holding the dataset's files."),
 ) -> None:
-    """Validate an architecture file and print its levels, experts and parameter count.
+    """Validate an architecture file and print its levels, experts and parameter count, and
+    its chained tasks (ESMM products such as ``ctcvr=ctr*cvr``, a factor's loss ``cvr:ips0.1``).
 
     A file without ``inputs``/``tasks`` (like examples/*.yaml, which `train` fills from the
     data) needs --dataset or --data; without them the default is the synthetic data's."""
@@ -56,6 +59,9 @@ def show(
             lv.fusion,
         )
     console().print(table)
+    chained = _describe_chained([dataclasses.asdict(t) for t in cfg.tasks])
+    if chained:  # ESMM products and the factors' loss modes, as `search front` writes them
+        console().print(f"chained tasks: {chained}", soft_wrap=True)
 
 
 def _has_tasks(config: Path) -> bool:

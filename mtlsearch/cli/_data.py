@@ -175,7 +175,12 @@ def generate_cmd(
     ),
     numeric: int = typer.Option(10, "--numeric", help="Numeric columns x0..x{d-1} (MMoE's d)."),
     correlation: float = typer.Option(0.5, "--correlation", help="Cosine of the two task weight vectors."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an earlier output (a non-empty --out must hold its generate.json)."
+    ),
+    cache: bool = typer.Option(
+        False, "--cache", help="Write 'cache: true' in spec.yaml (encoded splits kept in the user cache)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Write the MMoE synthetic data (paper's equations) as Parquet shards with Zipf id columns
@@ -186,7 +191,7 @@ def generate_cmd(
     columns = tuple(IdColumn.parse(t) for item in ids for t in item.split(",") if t.strip())
     cfg = GeneratorConfig(
         rows=rows, numeric=numeric, correlation=correlation, seed=seed, ids=columns, zipf=zipf,
-        conversion=conversion,
+        conversion=conversion, cache=cache,
     )  # fmt: skip
     cfg.validate()
     if quiet:

@@ -29,7 +29,7 @@ from mtlsearch.cli._common import (
 )
 from mtlsearch.cli._common import console as wide_console
 from mtlsearch.cli._ddp import launch as launch_ranks
-from mtlsearch.cli._ddp import nproc_option, rank_threads
+from mtlsearch.cli._ddp import nproc_option, rank_errors, rank_threads, start_rank
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,35 @@ def train(
     (its metrics.json records the thread count, the --max-rows subsample if any and, for a
     --data spec, how to read its rows). Under torchrun (or ``--nproc N``) each process is one
     DDP rank and rank 0 alone prints and writes."""
+    args = dict(locals())
+    from mtlsearch.train import distributed
+
+    if distributed.launched():  # one rank: bad input goes to the launcher, which prints it once
+        start_rank()
+        with rank_errors():
+            _train(**args)
+        return
+    _train(**args)
+
+
+def _train(
+    config: Path,
+    data: str | None,
+    dataset: str | None,
+    data_dir: Path | None,
+    option: list[str] | None,
+    data_seed: int | None,
+    max_rows: str | None,
+    out: Path | None,
+    overwrite: bool,
+    threads: int | None,
+    device: str | None,
+    precision: str | None,
+    quiet: bool,
+    nproc: int | None,
+    max_memory: str | None,
+) -> None:
+    """:func:`train`'s body (the typer command wraps it for the ranks of a DDP group)."""
     from mtlsearch.train import (
         ExperimentConfig,
         TrainConfig,
@@ -149,8 +178,12 @@ def train(
     from mtlsearch.train import distributed
 
     if (nproc or 1) > 1 or distributed.launched():  # DDP: decided before any rank starts
-        distributed.check_weighting(given_training.loss_weighting.method)
+        try:
+            distributed.check_weighting(given_training.loss_weighting.method)
+        except UserError as exc:
+            raise UserError(f"{config}: {exc}") from None
     if (nproc or 1) > 1 and not distributed.launched():
+        _check_before_launch(config, raw, max_memory)
         raise typer.Exit(launch_ranks(nproc, threads))
     n_threads = set_threads(rank_threads(threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     ds = _load_data(data, dataset, data_dir, option, data_seed, max_rows)
@@ -190,6 +223,23 @@ def train(
     console.print(f"checkpoint: {path}")
     if group is not None:
         distributed.shutdown()
+
+
+def _check_before_launch(config: Path, raw: dict[str, Any], max_memory: str | None) -> None:
+    """What the ``--nproc`` launcher can check before it starts any rank, without loading the
+    data: the ``--max-memory`` size, and the whole experiment config when its model section
+    names its own ``inputs`` and ``tasks`` (else they come from the dataset, and the ranks
+    check the config against it: their UserError still reaches the user as one line)."""
+    from mtlsearch.train import ExperimentConfig
+    from mtlsearch.train._memory import parse_size
+
+    if max_memory is not None:
+        parse_size(max_memory, "--max-memory")
+    model = raw.get("model")
+    inputs = model.get("inputs") if isinstance(model, dict) else None
+    own = isinstance(inputs, dict) and not inputs.keys() <= {"embed_init_std", "task_embedding_dim"}
+    if own and "tasks" in model:  # type: ignore[operator]
+        ExperimentConfig.load(config)
 
 
 #: How ``predict`` reads rows: the keys of a spec's ``files`` section it reuses.

@@ -99,6 +99,7 @@ class GeneratorConfig:
     click_bias: float = -1.5
     conversion_bias: float = -1.0
     split: tuple[float, float] = field(default=(0.1, 0.1))  # valid, test fractions in the spec
+    cache: bool = False  # the spec's `cache: true`: encoded splits kept in the user cache
 
     def validate(self) -> None:
         """One-line :class:`UserError` naming the bad option."""
@@ -233,7 +234,7 @@ def generate_chunks(cfg: GeneratorConfig) -> Iterator[pa.Table]:
 def spec_dict(cfg: GeneratorConfig) -> dict[str, Any]:
     """The dataset spec that reads the shards (``files.path: .``, the spec's own folder):
     tasks ``y1``/``y2`` (regression), and with ``conversion`` also ``ctr`` and ``cvr``
-    (binary; ``cvr`` masked to clicked rows)."""
+    (binary; ``cvr`` masked to clicked rows); ``cache: true`` with ``cfg.cache``."""
     tasks: list[dict[str, Any]] = [
         {"name": "y1", "label": "y1", "kind": "regression"},
         {"name": "y2", "label": "y2", "kind": "regression"},
@@ -249,13 +250,16 @@ def spec_dict(cfg: GeneratorConfig) -> dict[str, Any]:
     }
     if cfg.conversion:
         features["exclude"] = ["y1", "y2"]
-    return {
+    spec: dict[str, Any] = {
         "name": f"generated-{cfg.rows}",
         "files": {"path": ".", "format": "parquet"},
         "split": {"valid": cfg.split[0], "test": cfg.split[1], "seed": cfg.seed},
         "features": features,
         "tasks": tasks,
     }
+    if cfg.cache:
+        spec["cache"] = True
+    return spec
 
 
 def generate(
@@ -272,7 +276,9 @@ def generate(
 
     The folder is written under a temporary name beside ``out`` and renamed into place at the
     end (:mod:`mtlsearch._fs`): an interrupted run leaves no half-written ``out``. An
-    existing non-empty ``out`` is refused unless ``force`` (then replaced whole). Memory:
+    existing non-empty ``out`` is refused unless ``force`` and it holds an earlier run's
+    ``generate.json`` (then replaced whole); ``out`` may not be the current folder or one of its
+    ancestors. Memory:
     one chunk (:data:`CHUNK_ROWS` rows) plus each id column's Zipf CDF (8 bytes x
     cardinality). ``on_rows(n)`` is called after each chunk with the rows written so far.
     Errors: :class:`UserError` for a bad option or ``out``.
@@ -281,11 +287,7 @@ def generate(
     if shard_rows < 1:
         raise UserError(f"--shard-rows {shard_rows}: expected at least 1")
     out = Path(out)
-    if out.exists() or out.is_symlink():
-        if not out.is_dir():
-            raise UserError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()) and not force:
-            raise UserError(f"{out}: the folder is not empty (use --force to replace it)")
+    _check_out(out, force)
     try:
         tmp = make_temp_dir(out)
     except OSError as exc:
@@ -301,6 +303,34 @@ def generate(
         raise
     log.info("wrote %d rows in %d shard(s) to %s", cfg.rows, len(shards), out)
     return [out / p.name for p in shards]
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse an ``out`` that cannot be replaced (one-line :class:`UserError`): the current
+    folder or one of its ancestors (the rename would fail, and ``--force`` would delete the
+    user's working tree), a file, or a non-empty folder unless ``force`` and the folder holds
+    an earlier run's ``generate.json`` (``--force`` never deletes a folder of other files)."""
+    try:
+        target = out.resolve()
+        cwd = Path.cwd().resolve()
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot resolve the path ({exc.strerror or exc})") from None
+    if cwd == target or target in cwd.parents:
+        where = "the current folder" if cwd == target else "an ancestor of the current folder"
+        raise UserError(f"--out {out}: is {where}; give a new or generated folder, e.g. --out gen")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    if not any(out.iterdir()):
+        return
+    if not force:
+        raise UserError(f"--out {out}: the folder is not empty (use --force to replace an earlier output)")
+    if not (out / META_NAME).is_file():
+        raise UserError(
+            f"--out {out}: --force refused: the folder is not empty and holds no {META_NAME} "
+            "(not an earlier 'data generate' output), so it is not replaced"
+        )
 
 
 def _write_shards(

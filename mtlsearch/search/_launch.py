@@ -298,7 +298,7 @@ def rank_main(folder: Path) -> int:
     job = json.loads((folder / "job.json").read_text())
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
+        level=logging.INFO if rank == 0 else logging.ERROR,  # rank 0 alone warns and reports
         format=f"%(levelname)s rank{rank} %(name)s: %(message)s",
     )
     torch.set_num_threads(int(job["threads"]))

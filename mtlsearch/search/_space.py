@@ -459,9 +459,17 @@ class ChainSpace:
     def apply(self, trial: Any, tasks: tuple[TaskSpec, ...], encoding: str) -> tuple[TaskSpec, ...]:
         """``tasks`` (the data's) with the chain the trial draws."""
         names = [t.name for t in tasks]
-        for name in (self.task, *self.product_of):
+        fields_ = [("chained.task", self.task)]
+        fields_ += [(f"chained.product_of[{i}]", f) for i, f in enumerate(self.product_of)]
+        for where, name in fields_:
             if name not in names:
-                raise UserError(f"chained: the data has no task {name!r}; its tasks are {names}")
+                raise UserError(f"{where}: the data has no task {name!r}; its tasks are {names}")
+            kind = tasks[names.index(name)].kind
+            if kind != "binary":  # a product of probabilities: the same for every draw
+                raise UserError(
+                    f"{where}: the data's task {name!r} is {kind}; a chained task and its factors "
+                    "must be binary"
+                )
         enabled = self.enabled.suggest(trial, "chained.enabled")
         sample = enabled or encoding == "fixed"
         loss = self.loss.suggest(trial, "chained.loss") if sample else "direct"
@@ -503,12 +511,15 @@ def _parse_chained(raw: Any, where: str) -> ChainSpace | None:
     task, factors = raw.get("task"), raw.get("product_of")
     if not isinstance(task, str) or not task:
         raise UserError(f"{where}.task: expected a task name, got {brief(task)}")
-    if not (
-        isinstance(factors, list) and len(factors) >= 2 and all(isinstance(f, str) and f for f in factors)
-    ):
+    if not (isinstance(factors, list) and len(factors) >= 2):
         raise UserError(f"{where}.product_of: expected a list of at least 2 task names, got {brief(factors)}")
-    if task in factors or len(set(factors)) != len(factors):
-        raise UserError(f"{where}.product_of: the factors must be distinct tasks other than {task!r}")
+    for i, f in enumerate(factors):
+        if not (isinstance(f, str) and f):
+            raise UserError(f"{where}.product_of[{i}]: expected a task name, got {brief(f)}")
+        if f == task:
+            raise UserError(f"{where}.product_of[{i}]: {f!r} is the chained task itself (chained.task)")
+        if f in factors[:i]:
+            raise UserError(f"{where}.product_of[{i}]: {f!r} is listed twice; the factors must be distinct")
     return ChainSpace(
         task=task,
         product_of=tuple(factors),
@@ -844,9 +855,17 @@ class SearchSpace:
         if self.chained is not None:  # ESMM: a product task has no experts, gate or tower
             tasks = self.chained.apply(trial, tasks, encoding)
         routed = tuple(t for t in tasks if not t.product_of)
+        ted = None
+        if self.task_embedding_dim is not None:
+            # Sampled first, and only for data with categorical features (no task tables without
+            # them: a drawn size would be recorded but train as 0). Every trial on the same data
+            # has the same parameters, so this holds for the fixed encoding too.
+            has_tables = bool((inputs if isinstance(inputs, InputSpec) else inputs.input_spec(1)).categorical)
+            ted = self.task_embedding_dim.suggest(trial, "task_embedding_dim") if has_tables else 0
+        stem = bool(ted) and len(routed) > 1  # STEM's gates are per task: gate_sharing is forced
         n_levels = self.levels.suggest(trial, "levels")
         built = self.max_levels if encoding == "fixed" else n_levels
-        raw_levels = [self._suggest_level(trial, i, routed) for i in range(built)][:n_levels]
+        raw_levels = [self._suggest_level(trial, i, routed, encoding, stem) for i in range(built)][:n_levels]
         levels = []
         for i, lv in enumerate(raw_levels):
             above = raw_levels[i + 1] if i + 1 < n_levels else None
@@ -861,12 +880,8 @@ class SearchSpace:
         spec = inputs if isinstance(inputs, InputSpec) else inputs.input_spec(embed)
         if self.embed_init_std is not None:
             spec = replace(spec, embed_init_std=float(self.embed_init_std.suggest(trial, "embed_init_std")))
-        if self.task_embedding_dim is not None:
-            ted = self.task_embedding_dim.suggest(trial, "task_embedding_dim")
-            # repairs: no task tables without categorical features; STEM's gates are per task
-            spec = replace(spec, task_embedding_dim=ted if spec.categorical else 0)
-            if spec.task_embedding_dim and len(routed) > 1:
-                levels = [replace(lv, gate_sharing="per_task") for lv in levels]
+        if ted is not None:
+            spec = replace(spec, task_embedding_dim=ted)
         arch = ArchConfig(
             inputs=spec,
             tasks=tasks,
@@ -882,13 +897,34 @@ class SearchSpace:
         }
         return ExperimentConfig(model=arch, training=TrainConfig.from_dict(training))
 
-    def _suggest_level(self, trial: Any, i: int, tasks: tuple[TaskSpec, ...]) -> dict[str, Any]:
+    def _suggest_level(
+        self,
+        trial: Any,
+        i: int,
+        tasks: tuple[TaskSpec, ...],
+        encoding: str = "conditional",
+        stem: bool = False,
+    ) -> dict[str, Any]:
+        """Level ``i``'s values. A value another one forces is not sampled under the
+        conditional encoding, so a trial's parameters are what trained: ``select`` when the
+        level's ``fusion`` is ``adatt`` (AdaTT mixes every expert: ``all``), ``gate_sharing``
+        when ``stem`` (task-specific embeddings: per-task gates). The fixed encoding samples
+        them in every trial (NSGA-II needs the same parameters in each) and uses the forced
+        value, as it does for the levels a trial leaves out."""
         p = f"l{i}."
-        lv = {
-            k: self.level[k].suggest(trial, p + k)
-            for k in _LEVEL_DEFAULTS
-            if k not in ("n_specific", "per_task")
-        }
+        conditional = encoding != "fixed"
+        skip = {"n_specific", "per_task"}
+        if conditional and "adatt" in self.level["fusion"].values():
+            skip.add("select")  # drawn after fusion, below (order kept for spaces without adatt)
+        if conditional and stem:
+            skip.add("gate_sharing")
+        lv = {k: self.level[k].suggest(trial, p + k) for k in _LEVEL_DEFAULTS if k not in skip}
+        if "select" in skip:
+            lv["select"] = (
+                "all" if lv["fusion"] == "adatt" else self.level["select"].suggest(trial, p + "select")
+            )
+        if stem:
+            lv["gate_sharing"] = "per_task"
         per_task = self.level["per_task"].suggest(trial, p + "per_task")
         if per_task:
             lv["n_specific"] = tuple(
@@ -906,7 +942,7 @@ class SearchSpace:
         """Deterministic repairs: ``shared_gate: auto`` means every level but the top (PLE's
         rule), and the top level never has one; ``top_k`` is capped at the smallest selection a
         gate sees; ``fusion: adatt`` selects every expert (``select: all``, what AdaTT's unit
-        mixes). (With ``task_embedding_dim > 0`` :meth:`suggest` also makes every gate per
+        mixes). (With ``task_embedding_dim > 0`` :meth:`_suggest_level` also makes every gate per
         task: a single gate would carry every task's gradient into one task's embeddings.)"""
         lv = dict(lv)
         for key, check in LEVEL_NUMBERS.items():  # a constant may be a numeric string ('1e-2')

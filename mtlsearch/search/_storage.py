@@ -317,13 +317,27 @@ def is_journal_url(url: str) -> bool:
     return url.startswith(("redis://", "rediss://", "unix://"))
 
 
+def _driver_hint(url: str, exc: BaseException) -> str:
+    """For a plain ``postgresql://`` URL whose driver is missing: SQLAlchemy 2.1 maps it to
+    psycopg 3, while the driver mtlsearch installs is psycopg2 (``postgresql+psycopg2://``)."""
+    if not (isinstance(exc, ImportError) and url.startswith("postgresql://")):
+        return ""
+    import importlib.util
+
+    fixed = "postgresql+psycopg2://" + url[len("postgresql://") :]
+    if importlib.util.find_spec("psycopg2") is not None:
+        return f"; SQLAlchemy 2.1 reads postgresql:// as psycopg 3, psycopg2 is installed: use {fixed}"
+    return f"; SQLAlchemy 2.1 reads postgresql:// as psycopg 3: install it, or psycopg2 and use {fixed}"
+
+
 def open_storage(url: str, heartbeat: bool = True, retry_seconds: float | None = None) -> BaseStorage:
     """An Optuna storage for ``url`` with the lease contract and outage retries.
 
-    ``url``: ``sqlite:///...``, ``postgresql://...``, ``mysql://...`` (RDB, Optuna's
-    heartbeat) or ``redis://host:port`` (journal, :class:`LeasedJournalStorage`). A SQLite
-    file is put in write-ahead-log mode with ``synchronous=NORMAL`` (:func:`_fast_sqlite`:
-    commits without fsync; what that gives up is said there).
+    ``url``: ``sqlite:///...``, ``postgresql+psycopg2://...`` (SQLAlchemy 2.1 reads a plain
+    ``postgresql://`` as psycopg 3), ``mysql://...`` (RDB, Optuna's heartbeat) or
+    ``redis://host:port`` (journal, :class:`LeasedJournalStorage`). A SQLite file is put in
+    write-ahead-log mode with ``synchronous=NORMAL`` (:func:`_fast_sqlite`: commits without
+    fsync; what that gives up is said there).
     ``heartbeat``: False for read-only use (reports, export) — no lease, no retry callback.
     ``retry_seconds``: outage retry window (default :func:`storage_retry_seconds`).
 
@@ -361,7 +375,9 @@ def open_storage(url: str, heartbeat: bool = True, retry_seconds: float | None =
                 inner = optuna.storages._CachedStorage(rdb)
     except Exception as exc:  # bad URL, server down, missing driver
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(f"--storage {url}: cannot open ({type(exc).__name__}: {first})") from None
+        raise UserError(
+            f"--storage {url}: cannot open ({type(exc).__name__}: {first}){_driver_hint(url, exc)}"
+        ) from None
     return RetryingStorage(inner, retry)
 
 

@@ -524,7 +524,8 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
     With ``max_params`` the configuration's parameters are counted before training (built
     on the meta device, nothing allocated): one above the limit is recorded as FAIL with
     ``fail_reason`` "infeasible: ..." and user attrs ``infeasible`` and ``n_params``, untrained.
-    Every trial records the torch thread count it ran with (user attr ``threads``), the
+    Every trial records the torch thread count it ran with (user attr ``threads``; per
+    process with ``nproc`` > 1), the number of processes that trained it (``processes``), the
     worker's device (``device``) and the study's precision (``precision``).
     """
     import torch
@@ -571,7 +572,10 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
             if ctx.device is not None:
                 config = ExperimentConfig(model=config.model, training=replace(training, device=ctx.device))
                 training = config.training
-            trial.set_user_attr("threads", torch.get_num_threads())
+            # with --nproc N: the threads of each of the N processes that train the trial
+            threads = (ctx.threads or 1) if ctx.nproc > 1 else torch.get_num_threads()
+            trial.set_user_attr("threads", threads)
+            trial.set_user_attr("processes", ctx.nproc)
             trial.set_user_attr("device", str(resolve_device(training.device)) if training.device else None)
             trial.set_user_attr("precision", training.precision)
             if ctx.settings.max_params is not None:

@@ -23,7 +23,7 @@ depends on the chain is a factor's own loss (``TaskSpec.loss``):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -46,6 +46,15 @@ def _product_of(task: TaskSpec, tasks: Sequence[TaskSpec]) -> TaskSpec:
         if task.name in t.product_of:
             return t
     raise UserError(f"task {task.name!r}: loss 'ips' needs the product task it is a factor of")
+
+
+def count_mask(task: TaskSpec, tasks: Sequence[TaskSpec], masks: Mapping[str, Tensor]) -> Tensor:
+    """The rows (a bool mask over the batch) that make ``task``'s loss a mean: the task's own
+    rows, or for ``loss: ips`` the product's sample space (its ``N``, all impressions), which
+    is what DDP's per-rank loss rescaling must count. ``tasks`` must hold that product."""
+    if task.loss == "ips":
+        return masks[_product_of(task, tasks).name]
+    return masks[task.name]
 
 
 def ips_loss(
@@ -82,4 +91,4 @@ def ips_loss(
     return weight * (per_row * inverse).sum() / n, n
 
 
-__all__ = ["ips_loss", "loss_tasks"]
+__all__ = ["count_mask", "ips_loss", "loss_tasks"]

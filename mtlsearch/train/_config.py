@@ -388,7 +388,12 @@ class ExperimentConfig:
         return cls(model=model, training=TrainConfig.from_dict(data.get("training")))
 
     def to_yaml(self) -> str:
-        return dump_yaml(self.to_dict())
+        """The YAML of :meth:`to_dict`, leaving out an unset ``training.device`` (the device
+        belongs to the machine that trains: a written config trains anywhere); reads back equal."""
+        data = self.to_dict()
+        if data["training"].get("device", "") is None:
+            del data["training"]["device"]
+        return dump_yaml(data)
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "<experiment>", **fill: Any) -> ExperimentConfig:

@@ -14,11 +14,12 @@ What is exact (equal, up to float rounding, to 1 process with the same global ba
   slice ``r``, so N ranks see together exactly the 1-process batches;
 - the loss: rank ``r``'s task loss ``L_k^r`` (mean over its ``n_k^r`` rows of task k, or per
   unit of row weight) is multiplied by ``N n_k^r / n_k`` (``n_k``: the global batch's rows of
-  task k, known to every rank from the shared permutation) before backward, so DDP's mean of
-  the ranks' gradients is the gradient of the global batch's ``L_k`` for every loss that is
-  linear in the task losses (``fixed``, ``dynamic``, ``dwa``, ``uncertainty``, ``rlw``);
-  the learned parameters of a weighting (uncertainty's log-variances) have their gradients
-  averaged the same way;
+  task k, known to every rank from the shared permutation; for ESCM²'s ``loss: ips``, a mean
+  over the product task's rows, those rows: :func:`~mtlsearch.train._chained.count_mask`)
+  before backward, so DDP's mean of the ranks' gradients is the gradient of the global
+  batch's ``L_k`` for every loss that is linear in the task losses (``fixed``, ``dynamic``,
+  ``dwa``, ``uncertainty``, ``rlw``); the learned parameters of a weighting (uncertainty's
+  log-variances) have their gradients averaged the same way;
 - the epoch's task losses (the input of ``dwa`` and the other stateful weightings) and the
   reported training loss: sums all-reduced over the ranks, so every rank holds the same;
 - validation and test metrics: each rank predicts a contiguous slice of the split, the
@@ -74,6 +75,7 @@ from torch import Tensor, nn
 from mtlsearch._errors import UserError
 from mtlsearch.arch import TaskSpec
 from mtlsearch.data import StreamSplit, TensorSplit, is_streamed
+from mtlsearch.train._chained import count_mask
 from mtlsearch.train._errors import TrainingDiverged
 from mtlsearch.train._evaluate import Evaluator, raw_outputs, split_outputs, unscale
 from mtlsearch.train._tasks import TASK_KINDS
@@ -295,7 +297,7 @@ class FitGroup:
         ranks) all-reduced."""
         mine = []
         for t in tasks:
-            weight = batch.masks[t.name].double()
+            weight = count_mask(t, tasks, batch.masks).double()
             if t.name in batch.weights:
                 weight = weight * batch.weights[t.name].double()
             mine.append(weight.sum())
@@ -310,7 +312,7 @@ class FitGroup:
     ) -> list[float]:
         dens = []
         for t in tasks:
-            weight = split.masks[t.name][idx].double()
+            weight = count_mask(t, tasks, split.masks)[idx].double()
             if t.name in split.weights:
                 weight = weight * split.weights[t.name][idx].double()
             dens.append(torch.stack([weight[lo:hi].sum(), weight.sum()]))
@@ -442,9 +444,22 @@ class GatheredEvaluator(Evaluator):
 
 
 def install_rank_logging(ctx: DistContext | None) -> None:
-    """Ranks other than 0 log warnings and errors only (rank 0 logs progress)."""
+    """Ranks other than 0 log errors only (rank 0 logs warnings and progress)."""
     if ctx is not None and not ctx.is_main:
-        logging.getLogger("mtlsearch").setLevel(logging.WARNING)
+        _log_errors_only()
+
+
+def quiet_other_ranks() -> None:
+    """When this process is a rank other than 0 (``$RANK``, set by torchrun), log errors only,
+    from the start (the data load's warnings included): rank 0 alone prints warnings and
+    progress. Nothing changes in a plain process or on rank 0."""
+    if launched() and _env_int("RANK", 0) != 0:
+        _log_errors_only()
+
+
+def _log_errors_only() -> None:
+    logging.getLogger("mtlsearch").setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)  # other libraries' warnings (through logging)
 
 
 def broadcast_object(ctx: DistContext, value: Any) -> Any:
@@ -467,6 +482,7 @@ __all__ = [
     "init_from_env",
     "install_rank_logging",
     "launched",
+    "quiet_other_ranks",
     "refusal",
     "shutdown",
     "supported_methods",
