@@ -28,6 +28,12 @@ every level up to the maximum and every listed method's options in every trial a
 those the trial needs, so each trial has the same parameters. NSGA-II needs ``fixed``: it
 samples parameters outside the intersection of all trials' spaces at random, which would cut
 conditional parameters out of its crossover.
+
+Forced values: a trial's parameters are what trained, so a value another one forces is not
+sampled under ``conditional``: a level's ``select`` when its ``fusion`` is ``adatt`` (all),
+its ``gate_sharing`` when the trial has task-specific embeddings (per task), and
+``task_embedding_dim`` on data without categorical features (under either encoding: no
+trial on that data has it). ``fixed`` samples the first two anyway and uses the forced value.
 """
 
 from __future__ import annotations
