@@ -195,11 +195,10 @@ class HashedEncoder:
 
     @property
     def vocab(self) -> tuple[str, ...]:
-        """A hashed column has no vocabulary: readers that need one (the serving program's
-        ``vocab.json``, which does not hash yet) get a one-line :class:`UserError`."""
+        """A hashed column has no vocabulary: readers that need one get a one-line
+        :class:`UserError` (the serving export records ``buckets`` and ``hash`` instead)."""
         raise UserError(
-            f"column {self.column!r} is hashed (hash_buckets: {self.buckets}); it has no vocabulary, "
-            "and exporting a serving program for hashed columns is not supported yet"
+            f"column {self.column!r} is hashed (hash_buckets: {self.buckets}); it has no vocabulary"
         )
 
     def encode(self, col: pd.Series) -> np.ndarray:

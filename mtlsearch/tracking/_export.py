@@ -20,7 +20,8 @@ The export folder::
                        (see :mod:`mtlsearch.tracking._onnx`)
     serving/schema.json  the contract: input and output columns, dtype, what each holds
     serving/encode.py, serving/vocab.json
-                       raw categorical values -> codes (pure Python + numpy)
+                       raw categorical values -> codes (pure Python + numpy); a hashed
+                       column (``hash_buckets``) is hashed there, as in training
 
 The folder is assembled in a temporary sibling and renamed into place: an error leaves
 nothing behind.

@@ -24,6 +24,10 @@ regression: the value; multiclass: one probability per class).
 with ``torch.export.load`` in a process where only torch is installed (no pickle of our
 classes, no mtlsearch import) and checks with :func:`check_program_archive` that nothing in
 it is stored as a pickle: ``torch.export.load`` unpickles such entries, which can run code.
+
+Hashed categorical columns (``hash_buckets``) need nothing in the program: ``encode.py``
+hashes their values (pure-Python SipHash-2-4, the hash training used) into codes ``1..N``,
+0 for missing, and ``vocab.json`` records ``{"hash_buckets": N, "hash": NAME}`` for them.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from torch import Tensor, nn
 
 from mtlsearch._errors import UserError
 from mtlsearch.data import Preprocessor
-from mtlsearch.tracking._encode import VOCAB_FILE, vocab_document
+from mtlsearch.tracking._encode import HASHES, VOCAB_FILE, vocab_document
 from mtlsearch.train import ColumnSelector
 
 #: Largest categorical code a float32 column carries exactly.
@@ -71,11 +75,15 @@ class NumericInput:
 class CategoricalInput:
     """A categorical column: codes ``0..cardinality-1``; ``vocab[i]`` has code ``i + 1`` and
     0 is the out-of-vocabulary code when there is a vocabulary (``None``: the data came as
-    codes)."""
+    codes, or the column is hashed). A hashed column (``hash_buckets``: N, ``hash``: the
+    hash's name, see :mod:`mtlsearch.data._hashing`) has codes ``1 + hash(key) mod N`` and
+    0 for a missing value; ``cardinality`` is ``N + 1``."""
 
     column: str
     cardinality: int
     vocab: tuple[str, ...] | None = None
+    hash_buckets: int | None = None
+    hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,10 +120,32 @@ def _label_scaling(scaling: Any) -> tuple[tuple[str, float, float], ...]:
     return tuple(out)
 
 
+def _vocab_input(encoder: Any) -> CategoricalInput:
+    return CategoricalInput(encoder.column, encoder.cardinality, tuple(encoder.vocab))
+
+
+def _hashed_input(encoder: Any) -> CategoricalInput:
+    if encoder.hash not in HASHES:  # encode.py could not compute it
+        raise UserError(
+            f"column {encoder.column!r} is hashed with {encoder.hash!r}; the serving encoder knows "
+            f"{sorted(HASHES)}"
+        )
+    return CategoricalInput(
+        encoder.column, encoder.cardinality, hash_buckets=encoder.buckets, hash=encoder.hash
+    )
+
+
+#: A fitted categorical encoder's ``kind`` (none: a vocabulary) -> its serving input.
+CATEGORICAL_INPUTS: dict[str, Callable[[Any], CategoricalInput]] = {
+    "vocab": _vocab_input,
+    "hash": _hashed_input,
+}
+
+
 def _from_fitted(pre: Preprocessor) -> ServingInputs:
     return ServingInputs(
         numeric=tuple(NumericInput(s.column, s.mean, s.std, s.indicator, scaled=True) for s in pre.numeric),
-        categorical=tuple(CategoricalInput(e.column, e.cardinality, tuple(e.vocab)) for e in pre.categorical),
+        categorical=tuple(CATEGORICAL_INPUTS[getattr(e, "kind", "vocab")](e) for e in pre.categorical),
         oov=True,
         classes=tuple((t.task.name, tuple(t.classes)) for t in pre.tasks if t.classes),
     )
@@ -313,12 +343,19 @@ def _input_contract(inputs: ServingInputs) -> tuple[dict[str, Any], ...]:
         else "an invalid code (negative, >= cardinality, fractional, NaN) raises naming the column"
     )
     for c in inputs.categorical:
-        what = (
-            "code from encode.py: 1..K the vocabulary in vocab.json, 0 out of vocabulary; " + invalid
-            if c.vocab is not None
-            else "integer code in [0, cardinality), as in the training data; " + invalid
-        )
-        cols.append({"name": c.column, "kind": "categorical", "value": what, "cardinality": c.cardinality})
+        if c.hash_buckets is not None:
+            what = (
+                f"code from encode.py: 1 + {c.hash}(category key) mod {c.hash_buckets} (hash_buckets in "
+                "vocab.json), 0 missing; " + invalid
+            )
+        elif c.vocab is not None:
+            what = "code from encode.py: 1..K the vocabulary in vocab.json, 0 out of vocabulary; " + invalid
+        else:
+            what = "integer code in [0, cardinality), as in the training data; " + invalid
+        col = {"name": c.column, "kind": "categorical", "value": what, "cardinality": c.cardinality}
+        if c.hash_buckets is not None:
+            col.update(hash_buckets=c.hash_buckets, hash=c.hash)
+        cols.append(col)
     return tuple(cols)
 
 
@@ -484,6 +521,7 @@ def save_serving(model: ServingModel, example: Tensor, schema: ServingSchema, ou
         vocab = vocab_document(
             [n.column for n in inputs.numeric],
             [(c.column, c.cardinality, c.vocab) for c in inputs.categorical],
+            {c.column: (c.hash_buckets, c.hash) for c in inputs.categorical if c.hash_buckets is not None},
         )
         (out_dir / VOCAB_FILE).write_text(json.dumps(vocab, ensure_ascii=False))
         shutil.copyfile(_ENCODER_SOURCE, out_dir / ENCODER_FILE)
