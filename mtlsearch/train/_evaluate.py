@@ -152,9 +152,14 @@ class Evaluator:
             if t.name in split.weights:
                 self.weights[t.name] = split.weights[t.name][rows].double().cpu().numpy()
 
+    def _outputs(self, model: nn.Module) -> dict[str, Tensor]:
+        """The network's raw outputs on every row of the split (a DDP rank gathers them from
+        all ranks: :class:`mtlsearch.train.distributed.GatheredEvaluator`)."""
+        return split_outputs(model, self.split)
+
     def predictions(self, model: nn.Module, epoch: int | None = None) -> dict[str, np.ndarray]:
         """Each task's predictions (probabilities / values) on its unmasked rows."""
-        outs = split_outputs(model, self.split)
+        outs = self._outputs(model)
         preds = {}
         for t in self.tasks:
             pred = unscale(

@@ -67,7 +67,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -76,9 +75,7 @@ from mtlsearch._errors import UserError
 from mtlsearch.arch import TaskSpec
 from mtlsearch.data import StreamSplit, TensorSplit, is_streamed
 from mtlsearch.train._chained import count_mask
-from mtlsearch.train._errors import TrainingDiverged
-from mtlsearch.train._evaluate import Evaluator, raw_outputs, split_outputs, unscale
-from mtlsearch.train._tasks import TASK_KINDS
+from mtlsearch.train._evaluate import Evaluator, raw_outputs, split_outputs
 from mtlsearch.train._weighting import LOSS_WEIGHTINGS, LossWeighting
 
 logger = logging.getLogger(__name__)
@@ -427,20 +424,6 @@ class GatheredEvaluator(Evaluator):
                 mine = {k: v[:0] for k, v in probe.items()}
             device = split.numeric.device
         return {t.name: gather_rows(self.ctx, mine[t.name]).to(device) for t in self.tasks}
-
-    def predictions(self, model: nn.Module, epoch: int | None = None) -> dict[str, np.ndarray]:
-        """As :meth:`Evaluator.predictions`, from the gathered outputs."""
-        outs = self._outputs(model)
-        preds = {}
-        for t in self.tasks:
-            pred = unscale(
-                TASK_KINDS[t.kind].predict(outs[t.name][self.rows[t.name]]), self.scaling.get(t.name)
-            )
-            if not bool(torch.isfinite(pred).all()):
-                where = f" after epoch {epoch}" if epoch is not None else ""
-                raise TrainingDiverged(f"the predictions of task {t.name!r} became NaN or infinite{where}")
-            preds[t.name] = pred.double().cpu().numpy()
-        return preds
 
 
 def install_rank_logging(ctx: DistContext | None) -> None:
