@@ -135,7 +135,8 @@ def test_child_runs_hold_params_metrics_history_and_artifacts(tracked, client):
         assert "config.yaml" in files
         logged = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config.yaml")).read_text())
         # the written config leaves out an unset training.device (it trains anywhere), else equal
-        assert logged == {**config, "training": {k: v for k, v in config["training"].items() if k != "device"}}
+        training = {k: v for k, v in config["training"].items() if k != "device"}
+        assert logged == {**config, "training": training}
         assert config["training"]["device"] is None
         utilisation = t.user_attrs["utilisation"]
         if utilisation:
