@@ -93,6 +93,28 @@ def test_damaged_entry_is_encoded_again(gen_spec, caplog):
     assert_same(first, load_dataset(gen_spec, seed=1))
 
 
+def test_entry_with_a_code_out_of_range_is_encoded_again(gen_spec, caplog):
+    """Issue 12: a damaged entry of the right size (one categorical code set to 10**6) is
+    caught on reading (codes checked against each column's cardinality), not by an
+    IndexError in training."""
+    import numpy as np
+
+    first = load_dataset(gen_spec, seed=1)
+    (entry,) = _entries()
+    path = encoded_root() / entry / "train" / "categorical.npy"
+    size = path.stat().st_size
+    codes = np.load(path)
+    codes[5, 0] = 10**6
+    np.save(path, codes)
+    assert path.stat().st_size == size
+    with caplog.at_level(logging.WARNING):
+        again = load_dataset(gen_spec, seed=1)
+    card = first.categorical_features[0][1]
+    assert "cannot be read" in caplog.text and f"span [0, 1000000], outside [0, {card})" in caplog.text
+    assert_same(first, again)
+    assert_same(first, load_dataset(gen_spec, seed=1))
+
+
 def test_unwritable_cache_falls_back(gen_spec, tmp_path, monkeypatch, caplog):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")

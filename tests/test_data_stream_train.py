@@ -294,3 +294,78 @@ def test_hash_of_streamed_rows_is_the_in_memory_one(tmp_path):
             torch.cat([b.numeric for b in getattr(st, split).batches(500)]), getattr(mem, split).numeric
         )
     assert int(mem.train.categorical.max()) <= 101 and int(mem.train.categorical.min()) >= 1
+
+
+def test_label_missing_outside_the_mask_and_a_shard_without_the_tasks_rows(tmp_path):
+    """Issue 12: ``conversion`` is null wherever click = 0 and one shard has no click at all;
+    the "all missing" check counts only the rows in cvr's mask (click == 1), so the set trains,
+    and a shard with clicks but no conversion label is still refused in one line."""
+    d = _generated(tmp_path)
+    for i, shard in enumerate(sorted((d / "train").glob("*.parquet"))):
+        frame = pd.read_parquet(shard)
+        if i == 1:
+            frame["click"] = frame["click"] * 0  # keeps the dtype of the other shards
+        frame["conversion"] = frame["conversion"].astype("float64").where(frame["click"] == 1)
+        frame.to_parquet(shard, index=False)
+    ds = load_from_spec(d / "stream.yaml")
+    mem = load_from_spec(d / "mem.yaml")
+    _same_fit(ds.preprocessor, mem.preprocessor)
+    shard = d / "train" / "part-00002.parquet"
+    frame = pd.read_parquet(shard)
+    assert int(frame["click"].sum()) > 0
+    frame["conversion"] = float("nan")
+    frame.to_parquet(shard, index=False)
+    with pytest.raises(UserError) as exc:
+        load_from_spec(d / "stream.yaml")
+    assert str(exc.value) == f"{shard}: label column 'conversion' of task 'cvr' is all missing in this file"
+
+
+def test_search_with_more_processes_than_row_groups_writes_nothing(tmp_path, monkeypatch, capsys):
+    """Issue 12: ``search --nproc 4`` on a streamed train split of 3 row groups is refused in
+    one line before the header, the progress bar, the study or an MLflow run exist."""
+    d = _generated(tmp_path)
+    assert sum(pq.ParquetFile(f).num_row_groups for f in (d / "train").glob("*.parquet")) == 3
+    code, out, err = run_main(
+        monkeypatch, capsys, tmp_path, "search", "--space", str(REPO / "search_spaces" / "quick.yaml"),
+        "--data", str(d / "stream.yaml"), "--n-trials", "2", "--no-references", "--threads", "1",
+        "--nproc", "4", "--storage", f"sqlite:///{d / 's.db'}", "--tracking-uri", f"sqlite:///{d / 'm.db'}",
+    )  # fmt: skip
+    assert code == 2 and "3 row groups with rows, fewer than the 4 processes" in _one_error(err)
+    assert "study" not in out and not (d / "s.db").exists() and not (d / "m.db").exists()
+
+
+@pytest.mark.parametrize("size", ["abc", "-5"])
+def test_bad_max_memory_is_refused_before_the_data_is_read(tmp_path, monkeypatch, capsys, size):
+    """Issue 12: ``--max-memory`` is parsed when ``train`` starts and named as the flag:
+    the data spec given here does not even exist, so any reading would fail differently."""
+    (tmp_path / "exp.yaml").write_text(dump_yaml(EXPERIMENT))
+    code, _, err = run_main(
+        monkeypatch, capsys, tmp_path, "train", "-c", str(tmp_path / "exp.yaml"),
+        "--data", str(tmp_path / "missing.yaml"), "-q", "--threads", "1", f"--max-memory={size}",
+        "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert code == 2 and _one_error(err).startswith("error: --max-memory: ")
+    assert repr(size) in _one_error(err) and not (tmp_path / "run").exists()
+
+
+def test_memory_estimate_counts_the_collected_validation_predictions(tmp_path, monkeypatch):
+    """Issue 12: a streamed split's estimate includes what exact AUC collects on the larger
+    of valid/test (1200 rows each here): 4 B x rows x outputs (2 binary tasks: 2 outputs)
+    plus 9 B x rows x tasks (float32 label, bool mask, float32 weight) = 1200 x 26 bytes."""
+    import mtlsearch.train._fit as fit_module
+
+    d = _generated(tmp_path)
+    ds = load_from_spec(d / "stream.yaml")
+    config = ExperimentConfig.load(d / "exp.yaml", inputs=ds.input_spec(), tasks=ds.tasks)
+    seen = {}
+
+    def capture(config, **kw):
+        seen.update(kw)
+        raise MemoryLimitExceeded("stop here")
+
+    monkeypatch.setattr(fit_module, "check_memory", capture)
+    with pytest.raises(MemoryLimitExceeded):
+        fit(config, ds, progress=False)
+    held = sum(s.resident_bytes() for s in (ds.train, ds.valid, ds.test))
+    assert ds.train.resident_bytes() == 2400 * 34
+    assert seen["data_bytes"] == held + 1200 * (4 * 2 + 9 * 2)

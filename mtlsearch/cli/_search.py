@@ -450,7 +450,9 @@ def search(
     }
     if pruning_given:
         given.add("pruning")
-    ctx = create_or_resume(name, storage_url, settings, given=given, threads=n_threads, device=on_device)
+    ctx = create_or_resume(
+        name, storage_url, settings, given=given, threads=n_threads, device=on_device, nproc=nproc
+    )
     ctx.nproc = nproc
     warn_short_budget(ctx)
     _attach_tracking(ctx, tracking_uri, not no_mlflow, storage_url)
@@ -503,7 +505,15 @@ def worker(
     on_device = _device_name(device)
     precision_name = check_precision_flag(precision)
     n_threads = set_threads(threads, nproc)  # with --nproc: the threads of each rank
-    ctx = join(study_name, storage, seed=seed, threads=n_threads, device=on_device, precision=precision_name)
+    ctx = join(
+        study_name,
+        storage,
+        seed=seed,
+        threads=n_threads,
+        device=on_device,
+        precision=precision_name,
+        nproc=nproc,
+    )
     ctx.nproc = nproc
     _attach_tracking(ctx, tracking_uri, not no_mlflow, storage)
     _run(ctx, 1, timeout, quiet)

@@ -164,7 +164,10 @@ def _train(
         resolve_device,
         save_checkpoint,
     )
+    from mtlsearch.train._memory import parse_size
 
+    if max_memory is not None:  # a bad size is one line naming the flag, before any reading
+        parse_size(max_memory, "--max-memory")
     # Fail on a bad training section before the data load, which can take a while.
     raw = _read_yaml_mapping(config, "experiment config")
     try:

@@ -121,18 +121,38 @@ def _load_split(folder: Path, names: dict[str, list[str]]) -> TensorSplit:
     )
 
 
+def _check_codes(codes: torch.Tensor, columns: tuple[tuple[str, int], ...], path: Path) -> None:
+    """``ValueError`` unless ``codes`` (rows x columns, integer) has one column per
+    categorical feature and every code of a column is in ``[0, cardinality)``: a damaged
+    entry of the right size would otherwise fail in the embedding lookup at training."""
+    if codes.ndim != 2 or codes.shape[1] != len(columns):
+        raise ValueError(f"{path}: shape {tuple(codes.shape)}, expected (rows, {len(columns)})")
+    if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+        raise ValueError(f"{path}: dtype {codes.dtype}, expected integer codes")
+    if codes.shape[0] == 0 or not columns:
+        return
+    low, high = codes.amin(dim=0).tolist(), codes.amax(dim=0).tolist()
+    for (name, card), lo, hi in zip(columns, low, high, strict=True):
+        if lo < 0 or hi >= card:
+            raise ValueError(f"{path}: codes of {name!r} span [{lo}, {hi}], outside [0, {card})")
+
+
 def load_encoded(folder: Path) -> MTLDataset:
     """Read an entry written by :func:`save_encoded`. ``ValueError``/``OSError``/``KeyError``
-    for a damaged one (the caller re-encodes)."""
+    for a damaged one (the caller re-encodes), including categorical codes outside
+    ``[0, cardinality)`` of their column."""
     doc = json.loads((folder / _SCHEMA).read_text())
     if doc.get("cache") != CACHE_VERSION:
         raise ValueError(f"cache version {doc.get('cache')!r}")
     splits = {s: _load_split(folder / s, doc["splits"][s]) for s in SPLITS}
+    categorical = tuple((str(n), int(c)) for n, c in doc["categorical_features"])
+    for s, split in splits.items():
+        _check_codes(split.categorical, categorical, folder / s / "categorical.npy")
     return MTLDataset(
         name=doc["name"],
         tasks=tuple(TaskSpec(n, k, c) for n, k, c in doc["tasks"]),
         numeric_features=tuple(doc["numeric_features"]),
-        categorical_features=tuple((str(n), int(c)) for n, c in doc["categorical_features"]),
+        categorical_features=categorical,
         preprocessor=Preprocessor.from_dict(doc["preprocessor"]) if doc["preprocessor"] else None,
         meta=doc["meta"],
         label_scaling={k: (float(m), float(s)) for k, (m, s) in doc["label_scaling"].items()},

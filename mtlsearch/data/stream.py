@@ -264,27 +264,32 @@ def fit_frames(
 ) -> StreamFit:
     """:meth:`Preprocessor.fit` over batches: the same arguments, the same result on the
     same rows (module docstring). Errors as the in-memory fit (naming the batch's file), and
-    a file in which a task's label column is all missing."""
+    a file in which a task's label column is all missing on the rows inside the task's mask
+    (a file with none of the task's rows, e.g. no clicks for a conversion task masked by
+    ``click == 1``, is accepted)."""
     hashed = dict(hash_buckets or {})
     counted = [c for c in categorical_cols if c not in hashed]
     moments = {c: Moments() for c in numeric_cols}
     counters = {c: Counter() for c in counted}
     stats = {t.name: TaskStats() for t in tasks}
-    label_seen: dict[str, bool] = {}
+    # per task, in the current file: [rows inside the task's mask, of them with a label]
+    label_seen: dict[str, list[int]] = {}
     rows, sources = 0, []
     for frame, src in frames:
         if not sources or sources[-1] != src:
             _check_labels_seen(label_seen, sources[-1] if sources else None, tasks)
             sources.append(src)
             require_columns(frame, [*numeric_cols, *categorical_cols], src, "a feature")
-            label_seen = {t.name: False for t in tasks}
+            label_seen = {t.name: [0, 0] for t in tasks}
         rows += len(frame)
         for c in numeric_cols:
             moments[c].add(to_numeric(frame[c], src, f"numeric feature {c!r}"))
         for c in counted:
             counters[c].add(category_keys(frame[c]))
         for t in tasks:
-            label_seen[t.name] |= _add_labels(t, frame, src, stats[t.name])
+            in_mask, labelled = _add_labels(t, frame, src, stats[t.name])
+            label_seen[t.name][0] += in_mask
+            label_seen[t.name][1] += labelled
     _check_labels_seen(label_seen, sources[-1] if sources else None, tasks)
     if rows == 0:
         raise UserError(f"{source}: no data rows")
@@ -316,32 +321,37 @@ def fit_frames(
     return StreamFit(pre, rows, stats, tuple(sources))
 
 
-def _check_labels_seen(seen: dict[str, bool], src: str | None, tasks: Sequence[TaskDef]) -> None:
+def _check_labels_seen(seen: dict[str, list[int]], src: str | None, tasks: Sequence[TaskDef]) -> None:
+    """Refuse a file that has rows inside a task's mask but no label on any of them."""
     for t in tasks:
-        if src is not None and not seen.get(t.name, True):
+        in_mask, labelled = seen.get(t.name, (0, 0))
+        if src is not None and in_mask > 0 and labelled == 0:
             raise UserError(f"{src}: label column {t.label!r} of task {t.name!r} is all missing in this file")
 
 
-def _add_labels(task: TaskDef, frame: pd.DataFrame, source: str, st: TaskStats) -> bool:
-    """Add a batch's labels to ``st``; whether any label was present."""
+def _add_labels(task: TaskDef, frame: pd.DataFrame, source: str, st: TaskStats) -> tuple[int, int]:
+    """Add a batch's labels to ``st``; the batch's rows inside the task's mask and, of
+    them, those with a label."""
     col = frame[task.label]
-    if not col.notna().any():
-        return False
+    in_mask = mask_rows(task.mask, frame, source)
+    n_mask = int(in_mask.sum())
+    if n_mask == 0 or not col.notna().any():
+        return n_mask, 0
     if task.kind == "multiclass":
         keys = category_keys(col)
-        present = (keys != MISSING).to_numpy() & mask_rows(task.mask, frame, source)
+        present = (keys != MISSING).to_numpy() & in_mask
         for k, n in keys[present].value_counts(sort=False).items():
             st.classes[str(k)] = st.classes.get(str(k), 0) + int(n)
         st.rows += int(present.sum())
-        return True
+        return n_mask, int(present.sum())
     y, present = LABEL_ENCODERS[task.kind](task, None, col, source)
-    m = present & mask_rows(task.mask, frame, source)
+    m = present & in_mask
     st.rows += int(m.sum())
     if task.kind == "binary":
         st.positives += int(y[m].sum())
     else:
         st.moments.add(y[m].astype(np.float64))
-    return True
+    return n_mask, int(m.sum())
 
 
 def _task_encoder(task: TaskDef, st: TaskStats, source: str) -> TaskEncoder:

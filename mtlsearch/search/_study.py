@@ -286,6 +286,7 @@ def create_or_resume(
     given: Any = ("sampler", "seed", "pruning"),
     threads: int | None = None,
     device: str | None = None,
+    nproc: int = 1,
 ) -> SearchContext:
     """Create the study (or load it by name to resume) and top its tickets up to the budget.
 
@@ -298,9 +299,12 @@ def create_or_resume(
     moves a MOASHA study's rungs is refused. ``threads`` is recorded with every trial.
     ``precision`` is part of the recipe: a resume giving another one (in ``given``) is
     refused. ``device`` is this worker's (every trial trains there, recorded per trial).
+    ``nproc`` (processes per trial) above the streamed training split's row groups is
+    refused here too, before anything is written.
     """
     check_environment()
     checked = _context(None, settings, heartbeat, threads=threads, device=device)
+    check_nproc(checked, nproc)
     storage = open_storage(storage_url, heartbeat)
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     if study_name in existing:
@@ -377,6 +381,15 @@ def create_or_resume(
     return ctx
 
 
+def check_nproc(ctx: SearchContext, nproc: int) -> None:
+    """Refuse ``nproc`` processes per trial when the streamed training split has fewer row
+    groups (CSV: files) with rows than that (:meth:`StreamSplit.check_world`): one line."""
+    from mtlsearch.data import is_streamed
+
+    if nproc > 1 and is_streamed(ctx.data.train):
+        ctx.data.train.check_world(nproc)
+
+
 def check_environment() -> None:
     """Refuse bad ``$MTLSEARCH_*`` settings (lease, outage retry, memory cap) before anything
     is written: found by the first trial instead, they would fail every trial of the budget."""
@@ -404,10 +417,11 @@ def join(
     threads: int | None = None,
     device: str | None = None,
     precision: str | None = None,
+    nproc: int = 1,
 ) -> SearchContext:
     """Load a running study as an extra worker (its recipe comes from the storage).
     ``precision``, if given, must be the study's (it is part of the recipe); ``device`` is
-    this worker's."""
+    this worker's; ``nproc`` is checked as in :func:`create_or_resume`."""
     check_environment()
     storage = open_storage(storage_url, heartbeat)
     try:
@@ -425,6 +439,7 @@ def join(
     if seed is not None:
         settings = SearchSettings(**{**asdict(settings), "seed": seed})
     ctx = _context(study, settings, heartbeat, threads=threads, device=device)
+    check_nproc(ctx, nproc)
     # Each worker needs its own sampler seed, or workers would propose the same points.
     sampler_seed = seed if seed is not None else settings.seed + 1 + (time.time_ns() % 100_000)
     ctx.study = optuna.load_study(

@@ -421,16 +421,24 @@ def _split_bytes(split: TensorSplit) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _data_bytes(splits: Sequence[TensorSplit], device: torch.device) -> int:
+def _data_bytes(
+    splits: Sequence[TensorSplit], device: torch.device, tasks: Sequence[Any] = (), scored: int = 2
+) -> int:
     """Bytes of data ``fit`` adds to the estimate: the copies it makes of in-memory splits on
-    another device (0 when they are there already), and what a streamed split holds at once
-    (its shuffle buffer and one record batch; never the whole table)."""
+    another device (0 when they are there already), what a streamed split holds at once
+    (its shuffle buffer and one record batch; never the whole table), and, for the streamed
+    splits among the last ``scored`` (validation and test, scored one at a time), what is
+    collected for the exact metrics on the larger of them: 4 bytes x rows x outputs of the
+    float32 predictions plus 9 bytes x rows x tasks of labels, masks and row weights
+    (:mod:`mtlsearch.train._evaluate`); ``tasks`` are the model's (``out_dim`` each)."""
     total = 0
     for s in splits:
         if is_streamed(s):
             total += s.resident_bytes()
         elif s.device != device:
             total += _split_bytes(s)
+    rows = max((len(s) for s in splits[len(splits) - scored :] if is_streamed(s)), default=0)
+    total += rows * (4 * sum(t.out_dim for t in tasks) + 9 * len(tasks))
     return total
 
 
@@ -491,7 +499,7 @@ def fit(
         device=device,
         train_rows=len(data.train),
         eval_rows=min(EVAL_BATCH, max(len(data.valid), len(data.test), 1)),
-        data_bytes=_data_bytes(splits, device),
+        data_bytes=_data_bytes(splits, device, tasks),
     )
     rng_devices = [] if device.type == "cpu" else [device]
     history: list[EpochReport] = []
