@@ -151,13 +151,10 @@ def _failure_order(code: int) -> int:
 
 def describe_failure(rank: int, nproc: int, code: int) -> str:
     """One line on why rank ``rank`` of ``nproc`` failed (``code`` < 0: killed by signal -code)."""
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"rank {rank} of {nproc} was killed by {name}; the other processes were stopped"
-    return f"rank {rank} of {nproc} exited with status {code}; the other processes were stopped"
+    from mtlsearch.train.distributed import exit_cause
+
+    how = exit_cause(code).replace("killed", "was killed", 1)
+    return f"rank {rank} of {nproc} {how}; the other processes were stopped"
 
 
 def _rank_message(folder: Path) -> str | None:

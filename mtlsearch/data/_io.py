@@ -129,6 +129,20 @@ def check_parquet_set(paths: Sequence[Path]) -> None:
                 )
 
 
+def csv_options(files: FileSpec) -> dict:
+    """The ``pandas.read_csv`` keywords a spec's ``files`` section means (separator, header,
+    spaces after separators, missing-value markers); every CSV reader of the package uses
+    them, in memory and streaming."""
+    return {
+        "sep": files.sep,
+        "header": 0 if files.header else None,
+        "skipinitialspace": files.skipinitialspace,
+        "na_values": list(files.na_values) if files.na_values is not None else None,
+        "keep_default_na": files.na_values is None,
+        "low_memory": False,
+    }
+
+
 def read_table(path: str | Path, files: FileSpec | None = None) -> pd.DataFrame:
     """Read a table (one file, a folder of shards or a glob pattern) with the reading
     options of ``files``; the files of a set are checked (:func:`check_parquet_set`, same
@@ -175,16 +189,7 @@ def read_one_file(path: str | Path, files: FileSpec | None = None, nrows: int | 
         if fmt == "parquet":
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(
-                path,
-                sep=files.sep,
-                header=0 if files.header else None,
-                skipinitialspace=files.skipinitialspace,
-                na_values=list(files.na_values) if files.na_values is not None else None,
-                keep_default_na=files.na_values is None,
-                low_memory=False,
-                nrows=nrows,
-            )
+            frame = pd.read_csv(path, **csv_options(files), nrows=nrows)
             if files.header:
                 _check_header(path, files)
     except pd.errors.EmptyDataError:

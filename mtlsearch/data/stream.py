@@ -33,6 +33,7 @@ from mtlsearch._errors import UserError
 from mtlsearch.data._io import (
     check_parquet_set,
     check_same_columns,
+    csv_options,
     data_files,
     first_line,
     read_one_file,
@@ -131,17 +132,7 @@ def _csv_frames(
             check_same_columns(paths[0], first_cols, path, names)
         usecols = list(columns) if columns is not None and files.header else None
         try:
-            reader = pd.read_csv(
-                path,
-                sep=files.sep,
-                header=0 if files.header else None,
-                skipinitialspace=files.skipinitialspace,
-                na_values=list(files.na_values) if files.na_values is not None else None,
-                keep_default_na=files.na_values is None,
-                usecols=usecols,
-                chunksize=batch_rows,
-                low_memory=False,
-            )
+            reader = pd.read_csv(path, **csv_options(files), usecols=usecols, chunksize=batch_rows)
             with reader:
                 for frame in reader:
                     if not files.header:

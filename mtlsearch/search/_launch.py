@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -173,14 +172,12 @@ class _Group:
         # A rank killed by a signal is the cause; its peers then fail in a collective.
         rank, code = sorted(failed, key=lambda rc: (rc[1] >= 0, rc[0]))[0]
         what = f"rank {rank} of {self.nproc} (pid {self.procs[rank].pid})"
+        from mtlsearch.train.distributed import exit_cause
+
         if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            return f"{what} was killed by {name}; the trial's DDP group was stopped"
+            return f"{what} was {exit_cause(code)}; the trial's DDP group was stopped"
         last = _last_line(self.folder / f"rank{rank}.log")
-        return f"{what} exited with status {code}" + (f": {last}" if last else "")
+        return f"{what} {exit_cause(code)}" + (f": {last}" if last else "")
 
     def decide(self, epoch: int, go: bool) -> None:
         _write_atomic(self.folder / f"decision-{epoch}", "continue" if go else "stop")

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -424,6 +425,18 @@ class GatheredEvaluator(Evaluator):
                 mine = {k: v[:0] for k, v in probe.items()}
             device = split.numeric.device
         return {t.name: gather_rows(self.ctx, mine[t.name]).to(device) for t in self.tasks}
+
+
+def exit_cause(code: int) -> str:
+    """How a rank's process ended, from its exit status (``subprocess``'s convention: a
+    negative ``code`` is death by signal ``-code``): ``"killed by SIGKILL"`` or
+    ``"exited with status 1"``."""
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 def install_rank_logging(ctx: DistContext | None) -> None:
