@@ -9,8 +9,6 @@ of the towers' probabilities; its loss is the BCE on that product over all impre
 from __future__ import annotations
 
 import json
-import signal
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _cli import run_main
 from conftest import shared_data_dir
 from optuna.trial import FixedTrial
 from sklearn.metrics import roc_auc_score
@@ -363,29 +362,11 @@ training: {lr: 0.01, batch_size: 32, epochs: 2, seed: 0}
 """
 
 
-def _main(monkeypatch, capsys, cwd: Path, *args: str) -> tuple[int, str, str]:
-    """``mtlsearch ARGS`` in this process (its entry point, argv and exit code)."""
-    from mtlsearch.cli import main
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["mtlsearch", *args])
-    code, handler, threads = 0, signal.getsignal(signal.SIGTERM), torch.get_num_threads()
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        signal.signal(signal.SIGTERM, handler)
-        torch.set_num_threads(threads)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_train_ctcvr_on_the_aliexpress_sample_from_the_cli_and_predict(tmp_path, monkeypatch, capsys):
     data = shared_data_dir("aliexpress-sample")
     (tmp_path / "esmm.yaml").write_text(CONFIG)
     args = ["--config", "esmm.yaml", "--dataset", "aliexpress", "--data-dir", str(data), "--threads", "1"]
-    code, out, err = _main(monkeypatch, capsys, tmp_path, "train", *args, "-q", "--out", "run")
+    code, out, err = run_main(monkeypatch, capsys, tmp_path, "train", *args, "-q", "--out", "run")
     assert code == 0, err[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics["test"]) == {"ctr", "cvr", "ctcvr"}
