@@ -17,7 +17,10 @@ Parts (``--parts``, default all that the machine can run):
     timed over ``--steps`` steps, and its matrix FLOPs (``FlopCounterMode`` over one real
     step) turned into achieved TFLOP/s, beside the same device's matmul TFLOP/s measured in
     the same run (8192^3 on the GPU, 2048^3 on the CPU; bf16 and fp32). With ``--compile``
-    the same step under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs) is added.
+    the same step under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs) is added;
+    ``--compile-modes reduce-overhead max-autotune`` adds one row per mode (``max-autotune``:
+    Inductor's Triton matmul templates with the pointwise work fused into them, which
+    ``benchmarks/step_roofline.py`` says the step needs to reach half the bf16 matmul rate).
 
 ``ddp``
     ``mtlsearch train`` on the census table (``--ddp-rows`` training rows, the PLE of
@@ -149,16 +152,14 @@ def run_census(data: Any, batch: int, epochs: int, device: str, precision: str) 
 
 # ---- large synthetic PLE: the bare step against the device's matmul ----------------------
 def large_step(
-    device: torch.device, precision: str, batch: int, steps: int, compile_: bool
+    device: torch.device, precision: str, batch: int, steps: int, compile_mode: str | None
 ) -> dict[str, Any]:
-    from mtlsearch.arch import InputSpec, TaskSpec, build_model, count_parameters, preset
+    from _large_ple import TASKS as tasks
+    from _large_ple import large_ple
 
-    tasks = (TaskSpec("a", "binary"), TaskSpec("b", "binary"))
-    config = preset(
-        "ple", InputSpec(n_numeric=128), tasks, n_experts=2, n_specific=2,
-        expert_hidden=(512, 256), tower=(256,), n_levels=2,
-    )  # fmt: skip
-    model = build_model(config, seed=0).to(device)
+    from mtlsearch.arch import count_parameters
+
+    model = large_ple().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(batch, 128, device=device, generator=gen)
@@ -183,8 +184,8 @@ def large_step(
         forward_backward()
     flops = counter.get_total_flops()
     run: Callable[[], None] = step
-    if compile_:
-        run = torch.compile(step, mode="reduce-overhead")
+    if compile_mode is not None:
+        run = torch.compile(step, mode=compile_mode)
     for _ in range(10):
         run()
     _sync(device)
@@ -196,7 +197,7 @@ def large_step(
     return {
         "device": str(device),
         "precision": precision,
-        "compiled": compile_,
+        "compiled": compile_mode or False,
         "batch": batch,
         "params": count_parameters(model),
         "gflop_per_step": flops / 1e9,
@@ -271,6 +272,13 @@ def main() -> None:
     ap.add_argument(
         "--compile", action="store_true", help="add torch.compile(reduce-overhead) rows on the GPU"
     )
+    ap.add_argument(
+        "--compile-modes",
+        nargs="+",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        default=None,
+        help="torch.compile modes of the GPU rows of large (--compile: reduce-overhead)",
+    )
     ap.add_argument("--ddp-rows", type=int, default=50_000)
     ap.add_argument("--ddp-epochs", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None, help="also write the JSON object here")
@@ -319,13 +327,12 @@ def main() -> None:
                 f"{r['test_auc']['income']:.4f} | {r['test_auc']['marital']:.4f} |"
             )
     if "large" in args.parts:
+        modes = args.compile_modes or (["reduce-overhead"] if args.compile else [])
         rows = []
         for dev in devices:
             for precision in ("fp32", "bf16"):
-                for compiled in (False, True) if (dev == "cuda" and args.compile) else (False,):
-                    rows.append(
-                        large_step(torch.device(dev), precision, args.large_batch, args.steps, compiled)
-                    )
+                for mode in [None, *(modes if dev == "cuda" else [])]:
+                    rows.append(large_step(torch.device(dev), precision, args.large_batch, args.steps, mode))
         report["large"] = rows
         print(f"\nlarge PLE bare step, batch {args.large_batch}")
         print(

@@ -16,21 +16,16 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _large_ple import TASKS, large_ple
 from torch.profiler import ProfilerActivity, profile
-
-from mtlsearch.arch import InputSpec, TaskSpec, build_model, preset
 
 
 def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: nothing to profile")
     dev = torch.device("cuda")
-    tasks = (TaskSpec("a", "binary"), TaskSpec("b", "binary"))
-    config = preset(
-        "ple", InputSpec(n_numeric=128), tasks, n_experts=2, n_specific=2,
-        expert_hidden=(512, 256), tower=(256,), n_levels=2,
-    )  # fmt: skip
-    model = build_model(config, seed=0).to(dev)
+    tasks = TASKS
+    model = large_ple().to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     batch = 8192
     x = torch.randn(batch, 128, device=dev)

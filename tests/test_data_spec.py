@@ -133,6 +133,7 @@ def test_missing_fields_are_named(data: dict, path: str) -> None:
         ({"features": {"min_frequency": 0}}, "features.min_frequency"),
         ({"files": {"path": "a.csv", "train": "b.csv"}}, "files.train"),
         ({"files": {"path": "a.csv", "header": False}}, "files.columns"),
+        ({"shuffle_buffer": 1000}, "shuffle_buffer"),  # a stream's setting, set without stream: true
     ],
 )
 def test_invalid_values_name_their_key(change: dict, path: str) -> None:

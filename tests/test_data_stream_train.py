@@ -73,7 +73,8 @@ def _generated(tmp: Path, *, shuffle_buffer: int = 1_000_000, hash_user: int | N
         ],
     }
     (tmp / "stream.yaml").write_text(dump_yaml(spec))
-    (tmp / "mem.yaml").write_text(dump_yaml({**spec, "stream": False}))
+    in_memory = {k: v for k, v in spec.items() if k != "shuffle_buffer"}  # a stream's setting only
+    (tmp / "mem.yaml").write_text(dump_yaml({**in_memory, "stream": False}))
     (tmp / "exp.yaml").write_text(dump_yaml(EXPERIMENT))
     return tmp
 

@@ -216,3 +216,44 @@ def test_generate_cache_writes_a_spec_whose_splits_are_cached(tmp_path, monkeypa
     again = load_dataset(str(tmp_path / "gen" / "spec.yaml"))
     assert again.train.numeric.shape == first.train.numeric.shape == (240, 2)
     assert again.train.categorical.equal(first.train.categorical)
+
+
+def test_a_gate_setting_is_sampled_only_for_a_gate_kind_that_reads_it():
+    """top_k (topk, noisy_top_k, dselect_k), balance_weight (noisy_top_k), smooth_step_gamma and
+    entropy_weight (dselect_k): drawn after gate_kind, and only when the drawn kind reads them."""
+    space = _space(
+        "levels: 1\nlevel: {n_shared: 3, n_specific: 1, "
+        "gate_kind: {choice: [softmax, topk, noisy_top_k, dselect_k]}, top_k: {int: [1, 2]}, "
+        "balance_weight: {float: [0.001, 0.1], log: true}, smooth_step_gamma: {float: [0.5, 2.0]}, "
+        "entropy_weight: {choice: [0.0, 0.1]}}\n"
+    )
+    gate_fields = {"l0.top_k", "l0.balance_weight", "l0.smooth_step_gamma", "l0.entropy_weight"}
+    expected = {
+        "softmax": set(),
+        "topk": {"l0.top_k"},
+        "noisy_top_k": {"l0.top_k", "l0.balance_weight"},
+        "dselect_k": {"l0.top_k", "l0.smooth_step_gamma", "l0.entropy_weight"},
+    }
+    for kind, sampled in expected.items():
+        trial = Answers({"l0.gate_kind": kind, "l0.top_k": 1, "l0.balance_weight": 0.05})
+        lv = space.suggest(trial, NUMERIC, TASKS, "conditional").model.levels[0]
+        assert set(trial.params) & gate_fields == sampled, kind
+        names = list(trial.params)
+        assert all(names.index(n) > names.index("l0.gate_kind") for n in sampled)
+        assert lv.gate_kind == kind
+        assert lv.top_k == (1 if "l0.top_k" in sampled else 2)  # unread: the default
+        assert lv.balance_weight == (0.05 if kind == "noisy_top_k" else 0.01)
+        fixed = Answers(dict(trial.values))  # NSGA-II: every parameter in every trial
+        space.suggest(fixed, NUMERIC, TASKS, "fixed")
+        assert gate_fields <= set(fixed.params)
+
+
+def test_a_space_whose_gates_all_read_top_k_samples_it_in_the_old_order():
+    level = "levels: 1\nlevel: {gate_kind: %s, top_k: {int: [1, 2]}, "
+    level += "gate_sharing: {choice: [per_task, single]}}"
+    cases = (("topk", True), ("{choice: [topk, dselect_k]}", True), ("{choice: [topk, softmax]}", False))
+    for kinds, in_order in cases:
+        trial = Answers()
+        _space(level % kinds).suggest(trial, NUMERIC, TASKS, "conditional")
+        names = list(trial.params)
+        assert (names.index("l0.top_k") < names.index("l0.gate_sharing")) == in_order, names

@@ -41,6 +41,14 @@ ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid", "identity")
 TOP_K_BOUNDED_GATES = frozenset({"topk", "noisy_top_k"})
 #: Gate kinds that read ``top_k``.
 TOP_K_GATES = TOP_K_BOUNDED_GATES | {"dselect_k"}
+#: The level fields only some gate kinds read, and those kinds (a search samples such a field
+#: only for a gate that reads it; elsewhere it is inert).
+GATE_KIND_FIELDS: dict[str, frozenset[str]] = {
+    "top_k": frozenset(TOP_K_GATES),
+    "balance_weight": frozenset({"noisy_top_k"}),
+    "smooth_step_gamma": frozenset({"dselect_k"}),
+    "entropy_weight": frozenset({"dselect_k"}),
+}
 
 
 def _number_at_least(low: float, strict: bool) -> Callable[[Any, str], float]:
@@ -628,6 +636,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
 
 __all__ = [
     "ACTIVATIONS",
+    "GATE_KIND_FIELDS",
     "LEVEL_NUMBERS",
     "TOP_K_BOUNDED_GATES",
     "TOP_K_GATES",

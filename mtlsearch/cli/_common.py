@@ -95,8 +95,9 @@ def check_spec_path(path: str | Path, flag: str = "--data") -> None:
 
 
 MAX_ROWS_HELP = (
-    "Train on a seeded subsample of at most N training rows (stratified by the binary tasks; "
-    "validation and test keep every row), for quick runs; any dataset. Same as --option max_rows=N."
+    "Train on a seeded subsample of at most N training rows (in memory: stratified by the binary "
+    "tasks; a stream: the N rows of smallest seeded hash), for quick runs; validation and test keep "
+    "every row; any dataset. Same as --option max_rows=N."
 )
 
 

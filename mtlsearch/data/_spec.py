@@ -627,6 +627,12 @@ class DatasetSpec:
                 "needs files.train, files.valid and files.test (a random split of one file cannot stream)",
             )
             _check(not self.cache, "cache", "not with stream: true (streamed splits are encoded per batch)")
+        else:
+            _check(
+                self.shuffle_buffer == DEFAULT_SHUFFLE_BUFFER,
+                "shuffle_buffer",
+                "only with stream: true (an in-memory split is shuffled whole every epoch)",
+            )
         _check(len(self.tasks) >= 1, "tasks", "needs at least one task")
         for i, t in enumerate(self.tasks):
             t.validate(f"tasks[{i}]")

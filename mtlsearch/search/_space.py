@@ -61,6 +61,7 @@ from mtlsearch.arch import (
 )
 from mtlsearch.arch._chained import FACTOR_LOSSES
 from mtlsearch.arch._config import (
+    GATE_KIND_FIELDS,
     LEVEL_NUMBERS,
     TOP_K_BOUNDED_GATES,
     ExpertNorm,
@@ -916,7 +917,10 @@ class SearchSpace:
         level's ``fusion`` is ``adatt`` (AdaTT mixes every expert: ``all``), ``gate_sharing``
         when ``stem`` (task-specific embeddings: per-task gates). The fixed encoding samples
         them in every trial (NSGA-II needs the same parameters in each) and uses the forced
-        value, as it does for the levels a trial leaves out."""
+        value, as it does for the levels a trial leaves out. Likewise a gate's own settings
+        (``top_k``, ``balance_weight``, ``smooth_step_gamma``, ``entropy_weight``:
+        :data:`~mtlsearch.arch._config.GATE_KIND_FIELDS`) are sampled only for a gate kind that
+        reads them, when the space's ``gate_kind`` can be one that does not."""
         p = f"l{i}."
         conditional = encoding != "fixed"
         skip = {"n_specific", "per_task"}
@@ -924,7 +928,16 @@ class SearchSpace:
             skip.add("select")  # drawn after fusion, below (order kept for spaces without adatt)
         if conditional and stem:
             skip.add("gate_sharing")
+        kinds = set(self.level["gate_kind"].values())
+        gated = [  # drawn after gate_kind, only for a gate that reads them
+            k for k, readers in GATE_KIND_FIELDS.items()
+            if conditional and not isinstance(self.level[k], Const) and not kinds <= readers
+        ]  # fmt: skip
+        skip.update(gated)
         lv = {k: self.level[k].suggest(trial, p + k) for k in _LEVEL_DEFAULTS if k not in skip}
+        for k in gated:
+            read = lv["gate_kind"] in GATE_KIND_FIELDS[k]
+            lv[k] = self.level[k].suggest(trial, p + k) if read else _LEVEL_DEFAULTS[k]
         if "select" in skip:
             lv["select"] = (
                 "all" if lv["fusion"] == "adatt" else self.level["select"].suggest(trial, p + "select")
