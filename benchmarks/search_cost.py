@@ -95,7 +95,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -218,7 +218,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="folder holding census-income-kdd/ (default: $MTLSEARCH_SHARED_DATA or ../shared/data)",
     )
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results")
-    p.add_argument("--from-json", type=Path, default=None, help="re-render an earlier run's search_cost.json")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="re-render earlier runs' search_cost.json files (several: merged, e.g. other strategies)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="read the runs already saved in OUT_DIR/runs with the same settings instead of running them",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log every trial")
     return p.parse_args(argv)
 
@@ -486,6 +497,7 @@ def _trial_row(t: FrozenTrial, clock: Clock, budget_s: float) -> dict[str, Any]:
         "start_s": clock.start.get(t.number),
         "finish_s": finish,
         "epochs": len(t.user_attrs.get(EPOCH_ATTR) or []),
+        "epoch_values": t.user_attrs.get(EPOCH_ATTR),  # per epoch, the objectives' values
         "cut": cut,
         "counted": finish is not None and finish <= budget_s and not cut,
         "stopped_rung": t.user_attrs.get(STOPPED_RUNG_ATTR),
@@ -496,22 +508,68 @@ def _trial_row(t: FrozenTrial, clock: Clock, budget_s: float) -> dict[str, Any]:
     }
 
 
-def run_all(s: Settings, jobs: int, data_dir: str, verbose: bool) -> list[dict[str, Any]]:
+#: Settings that must agree for runs to be put in one report (the seeds and strategies may differ).
+_SHARED_SETTINGS = tuple(
+    f.name for f in dataclasses.fields(Settings) if f.name not in ("seeds", "strategies")
+)
+
+
+def _run_file(runs_dir: Path, strategy: str, seed: int) -> Path:
+    return runs_dir / f"{strategy.replace('+', '_')}-seed{seed}.json"
+
+
+def _saved_run(runs_dir: Path, s: Settings, strategy: str, seed: int) -> dict[str, Any] | None:
+    """A run saved by an earlier invocation with the same shared settings, else None."""
+    path = _run_file(runs_dir, strategy, seed)
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    mine = dataclasses.asdict(s)
+    if any(saved["settings"].get(k) != mine[k] for k in _SHARED_SETTINGS):
+        log.info("%s: saved with other settings, run again", path)
+        return None
+    return saved["run"]
+
+
+def run_all(
+    s: Settings, jobs: int, data_dir: str, verbose: bool, runs_dir: Path, resume: bool
+) -> list[dict[str, Any]]:
     """Every (strategy, seed) run, seed by seed; ``jobs`` > 1: in spawned processes. Full TPE
     and TPE+MOASHA go first in each seed, so that with two processes the goal's two sides run
-    side by side, under the same load."""
+    side by side, under the same load. Each run is saved in ``runs_dir`` as it ends; with
+    ``resume`` a run saved there with the same settings is read instead of run again (a long
+    benchmark can be spread over several sittings)."""
     first = [x for x in (FULL_TPE, TPE_MOASHA) if x in s.strategies]
     order = first + [x for x in s.strategies if x not in first]
     todo = [(strategy, seed) for seed in s.seeds for strategy in order]
-    log.info("%d runs of %g s on %d process(es)", len(todo), s.budget_s, jobs)
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    if resume:
+        for job in todo:
+            if (saved := _saved_run(runs_dir, s, *job)) is not None:
+                done[job] = saved
+        log.info("%d run(s) read from %s", len(done), runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+
+    def save(job: tuple[str, int], run: dict[str, Any]) -> None:
+        path = _run_file(runs_dir, *job)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"settings": dataclasses.asdict(s), "run": run}))
+        tmp.replace(path)
+        done[job] = run
+
+    left = [job for job in todo if job not in done]
+    log.info("%d runs of %g s on %d process(es)", len(left), s.budget_s, jobs)
     if jobs == 1:
         _init_process(s, verbose)
-        return [run_one(job, s, data_dir, verbose) for job in todo]
-    with ProcessPoolExecutor(
-        max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_process, initargs=(s, verbose)
-    ) as pool:
-        futures = [pool.submit(run_one, job, s, data_dir, verbose) for job in todo]
-        return [f.result() for f in futures]
+        for job in left:
+            save(job, run_one(job, s, data_dir, verbose))
+    else:
+        spawn = get_context("spawn")
+        with ProcessPoolExecutor(jobs, spawn, initializer=_init_process, initargs=(s, verbose)) as pool:
+            futures = {pool.submit(run_one, job, s, data_dir, verbose): job for job in left}
+            for f in as_completed(futures):
+                save(futures[f], f.result())
+    return [done[job] for job in todo]
 
 
 # ---- hypervolume over time -------------------------------------------------------------------
@@ -670,6 +728,43 @@ def _counts(run: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def rank_agreement(s: Settings, runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Does an early epoch rank the trials as their results do? Spearman's rho between each
+    objective's validation value at each rung epoch (``min_epochs * eta**k`` below the last)
+    and the trial's result (its best epoch's values, which the trainer restores and the
+    search sees), over full TPE's complete trials of each seed (each trained every epoch):
+    the evidence MOASHA's promotions stand on. Empty if no run recorded epoch values."""
+    from scipy.stats import spearmanr
+
+    full = [r for r in _runs_of(runs, FULL_TPE) if any(t.get("epoch_values") for t in r["trials"])]
+    if not full:
+        return []
+    rungs, e = [], s.min_epochs
+    while e < s.epochs:
+        rungs.append(e)
+        e *= s.eta
+    names = full[0]["objectives"]
+    lines = [
+        "| epoch | " + " | ".join(f"{n}: rho per seed | mean" for n in names) + " | trials per seed |",
+        "|---|" + "---|---|" * len(names) + "---|",
+    ]
+    for epoch in rungs:
+        cells, counts = [], []
+        for j in range(len(names)):
+            rhos = []
+            for r in full:
+                kept = [t for t in _complete(r) if len(t.get("epoch_values") or []) == s.epochs]
+                paths, results = [t["epoch_values"] for t in kept], [t["values"] for t in kept]
+                counts.append(len(paths))
+                early = [p[epoch - 1][j] for p in paths]
+                last = [v[j] for v in results]
+                rhos.append(float(spearmanr(early, last).statistic) if len(paths) >= 3 else float("nan"))
+            cells.append(f"{' / '.join(f'{x:.2f}' for x in rhos)} | {statistics.mean(rhos):.2f}")
+        per_seed = " / ".join(map(str, counts[: len(full)]))
+        lines.append(f"| {epoch} | " + " | ".join(cells) + f" | {per_seed} |")
+    return lines
+
+
 def markdown(s: Settings, payload: dict[str, Any], zoom: tuple[float, float]) -> str:
     runs = payload["runs"]
     refs = {"AUC 0.5 reference": NO_SKILL, f"zoomed reference {zoom}": zoom}
@@ -751,6 +846,18 @@ def markdown(s: Settings, payload: dict[str, Any], zoom: tuple[float, float]) ->
             f"| {r['wall_s']:.0f} | {r['setup_s']:.1f} | {r['load_1min_before']:.2f} / "
             f"{r['load_1min_after']:.2f} |"
         )
+    agreement = rank_agreement(s, runs)
+    if agreement:
+        lines += [
+            "",
+            "## Rank agreement of early epochs and results (full TPE's complete trials)",
+            "",
+            "Spearman's rho between an objective's validation value at a rung epoch and the trial's "
+            "result (its best epoch's value), per seed: MOASHA promotes by the former, the front is "
+            "made of the latter",
+            "",
+            *agreement,
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -805,10 +912,45 @@ def write_outputs(
     return text
 
 
+def merge_payloads(payloads: Sequence[dict[str, Any]], paths: Sequence[Path]) -> dict[str, Any]:
+    """Several search_cost.json payloads as one: their runs together (a strategy and seed in
+    two files: the first file's), the union of their seeds and strategies; every other setting
+    must agree (else SystemExit naming it and the files)."""
+    first = payloads[0]
+    for other, path in zip(payloads[1:], paths[1:], strict=True):
+        for k in _SHARED_SETTINGS:
+            if other["settings"].get(k) != first["settings"].get(k):
+                raise SystemExit(
+                    f"{path}: setting {k} = {other['settings'].get(k)!r}, but {paths[0]} has "
+                    f"{first['settings'].get(k)!r}: runs with other settings cannot share a report"
+                )
+    if len(payloads) == 1:
+        return first
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    for p in payloads:
+        for r in p["runs"]:
+            runs.setdefault((r["strategy"], r["seed"]), r)
+    strategies = [x for x in STRATEGIES if any(x in p["settings"]["strategies"] for p in payloads)]
+    seeds = sorted({seed for p in payloads for seed in p["settings"]["seeds"]})
+    order = sorted(runs, key=lambda k: (k[1], strategies.index(k[0])))
+    return {
+        **first,
+        "command": " ; ".join(p["command"] for p in payloads),
+        "settings": {**first["settings"], "seeds": seeds, "strategies": strategies},
+        "started": " ; ".join(p["started"] for p in payloads),
+        "total_seconds": sum(p["total_seconds"] for p in payloads),
+        "load_average_before_after": [
+            payloads[0]["load_average_before_after"][0],
+            payloads[-1]["load_average_before_after"][1],
+        ],
+        "runs": [runs[k] for k in order],
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
     if a.from_json is not None:
-        payload = json.loads(a.from_json.read_text())
+        payload = merge_payloads([json.loads(path.read_text()) for path in a.from_json], a.from_json)
         s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["settings"].items()})
     else:
         import optuna
@@ -821,7 +963,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         load_before = os.getloadavg()[0]
         t0 = time.perf_counter()
-        runs = run_all(s, jobs, str(a.data_dir), a.verbose)
+        runs = run_all(s, jobs, str(a.data_dir), a.verbose, a.out_dir / "runs", a.resume)
         cpu = " ".join(filter(None, [platform.machine(), platform.processor()]))
         payload = {
             "started": started,

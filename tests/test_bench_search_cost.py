@@ -42,7 +42,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def _table(markdown: str, heading: str) -> tuple[list[str], dict[str, list[str]]]:
     """Header cells and each row's cells (keyed by the first cell) of the table under ``heading``."""
     lines = markdown.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(heading)) + 2
+    at = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    start = next(i for i in range(at + 1, len(lines)) if lines[i].startswith("|"))  # the header row
 
     def cells(line: str) -> list[str]:
         return [c.strip() for c in line.strip().strip("|").split("|")]
@@ -106,6 +107,8 @@ def test_quick_run_writes_tables_json_png_and_rerenders(shared_data_dir: Path, t
                 assert t["finish_s"] <= BUDGET_S and not t["cut"], t
             if t["state"] == "COMPLETE" and t["counted"]:
                 assert t["epochs"] == 2 and len(t["values"]) == 2, t
+                # the result is the best epoch's (the trainer restores it), one of the epochs' values
+                assert len(t["epoch_values"]) == 2 and t["values"] in t["epoch_values"], t
             if t["state"] == "PRUNED":
                 assert strategy != "tpe", t  # no rule, no stop
                 if strategy.endswith("moasha"):
@@ -122,3 +125,45 @@ def test_quick_run_writes_tables_json_png_and_rerenders(shared_data_dir: Path, t
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "b" / "search_cost.md").read_text() == markdown
     assert (tmp_path / "b" / "search_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the early/last epoch rank agreement: one row per rung (2-epoch trials: epoch 1 only)
+    assert "## Rank agreement of early epochs and results" in markdown
+    header, agreement = _table(markdown, "## Rank agreement of early epochs and results")
+    assert list(agreement) == ["1"] and header[-1] == "trials per seed"
+    assert int(agreement["1"][-1]) == sum(
+        t["state"] == "COMPLETE" for t in runs["tpe"]["trials"] if len(t.get("epoch_values") or []) == 2
+    )
+
+    # every run saved as it ended; --resume reads them all and runs nothing
+    saved = sorted(p.name for p in (out / "runs").iterdir())
+    assert saved == sorted(f"{x.replace('+', '_')}-seed0.json" for x in STRATEGIES)
+    resumed = _run(
+        "--quick", "--budget-s", str(BUDGET_S), "--data-dir", str(shared_data_dir), "--out-dir", str(out),
+        "--resume",
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "4 run(s) read from" in resumed.stderr and "0 runs of" in resumed.stderr, resumed.stderr[-2000:]
+    table = "## Hypervolume at checkpoints, reference AUC 0.5"
+    assert _table((out / "search_cost.md").read_text(), table) == _table(markdown, table)
+
+    # two files, each with some of the strategies, merge back into the one report
+    halves = []
+    for k, names in enumerate((STRATEGIES[:2], STRATEGIES[2:])):
+        part = {
+            **raw,
+            "settings": {**raw["settings"], "strategies": list(names)},
+            "runs": [r for r in raw["runs"] if r["strategy"] in names],
+        }
+        halves.append(tmp_path / f"half{k}.json")
+        halves[-1].write_text(json.dumps(part))
+    merged = _run("--from-json", *map(str, halves), "--out-dir", str(tmp_path / "c"))
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    text = (tmp_path / "c" / "search_cost.md").read_text()
+    for heading in (table, "## Per run"):
+        assert _table(text, heading) == _table(markdown, heading), heading
+    other = {**raw, "settings": {**raw["settings"], "epochs": 3}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    clash = _run(
+        "--from-json", str(halves[0]), str(tmp_path / "other.json"), "--out-dir", str(tmp_path / "d")
+    )
+    assert clash.returncode != 0 and "setting epochs = 3" in clash.stderr, clash.stderr[-2000:]
