@@ -68,13 +68,19 @@ code path (``create_or_resume``, the worker's ``TrialRunner``: ask, objective, t
 Outputs, in ``--out-dir``: ``search_cost.md`` (date, machine, load average, command,
 settings, tables, goal lines), ``search_cost.json`` (every trial of every run) and
 ``search_cost.png`` (hypervolume against time, one line per strategy with a band from the
-lowest to the highest seed, one panel per reference point).
+lowest to the highest seed, one panel per reference point). The report also gives the rank
+agreement (Spearman's rho) between each rung epoch's values and the trials' results among
+full TPE's trials: the evidence MOASHA's promotions stand on. Each run is saved in
+``--out-dir``/runs as it ends; ``--resume`` reads those saved with the same settings instead of
+running them again, and ``--from-json`` with several files merges their runs into one report
+(their settings but the seeds and strategies must agree): a long benchmark (the full data)
+can be run over several sittings.
 
 Usage::
 
     .venv/bin/python benchmarks/search_cost.py [--quick] [--seeds 3] [--budget-s 240] [--jobs 2] \\
         [--train-rows 30000] [--epochs 9] [--out-dir DIR]
-    .venv/bin/python benchmarks/search_cost.py --from-json DIR/search_cost.json --out-dir DIR2
+    .venv/bin/python benchmarks/search_cost.py --from-json DIR/search_cost.json [MORE.json ...] --out-dir DIR2
 
 ``--quick`` is a smoke size (2,000 rows, 2 epochs, 5 s per run, 1 seed, 1 process, study trial
 setting 10; numbers mean nothing).
