@@ -131,7 +131,9 @@ def test_quick_run_writes_tables_json_png_and_rerenders(shared_data_dir: Path, t
     header, agreement = _table(markdown, "## Rank agreement of early epochs and results")
     assert list(agreement) == ["1"] and header[-1] == "trials per seed"
     assert int(agreement["1"][-1]) == sum(
-        t["state"] == "COMPLETE" for t in runs["tpe"]["trials"] if len(t.get("epoch_values") or []) == 2
+        t["state"] == "COMPLETE" and t["counted"]  # finished within the budget
+        for t in runs["tpe"]["trials"]
+        if len(t.get("epoch_values") or []) == 2
     )
 
     # every run saved as it ended; --resume reads them all and runs nothing
