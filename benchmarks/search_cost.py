@@ -104,7 +104,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import matplotlib
 import numpy as np
@@ -918,6 +918,25 @@ def write_outputs(
     return text
 
 
+def _fail(message: str) -> NoReturn:
+    """A user's mistake: one line on stderr, exit status 2 (argparse's)."""
+    print(f"search_cost.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    """An earlier run's search_cost.json, or one line naming the file and the problem."""
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        _fail(f"{path}: no such file")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _fail(f"{path}: not a search_cost.json ({exc})")
+    if not isinstance(payload, dict) or not {"settings", "runs"} <= set(payload):
+        _fail(f"{path}: not a search_cost.json (no settings and runs)")
+    return payload
+
+
 def merge_payloads(payloads: Sequence[dict[str, Any]], paths: Sequence[Path]) -> dict[str, Any]:
     """Several search_cost.json payloads as one: their runs together (a strategy and seed in
     two files: the first file's), the union of their seeds and strategies; every other setting
@@ -926,7 +945,7 @@ def merge_payloads(payloads: Sequence[dict[str, Any]], paths: Sequence[Path]) ->
     for other, path in zip(payloads[1:], paths[1:], strict=True):
         for k in _SHARED_SETTINGS:
             if other["settings"].get(k) != first["settings"].get(k):
-                raise SystemExit(
+                _fail(
                     f"{path}: setting {k} = {other['settings'].get(k)!r}, but {paths[0]} has "
                     f"{first['settings'].get(k)!r}: runs with other settings cannot share a report"
                 )
@@ -956,7 +975,7 @@ def merge_payloads(payloads: Sequence[dict[str, Any]], paths: Sequence[Path]) ->
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
     if a.from_json is not None:
-        payload = merge_payloads([json.loads(path.read_text()) for path in a.from_json], a.from_json)
+        payload = merge_payloads([_read_report(path) for path in a.from_json], a.from_json)
         s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["settings"].items()})
     else:
         import optuna

@@ -13,7 +13,8 @@ inputs, 2 binary tasks, 2 levels of 2 shared + 2 specific experts per task of wi
 * its FLOPs, from ``torch.utils.flop_counter``'s registry (matrix operations only: mm,
   addmm, bmm, ...; what ``accelerator.py`` counts as the step's work), and
 * the bytes it must move at least: the sizes of its tensor inputs plus its outputs (a view
-  moves nothing; an in-place operation reads and writes its target).
+  moves nothing; an in-place operation reads and writes its target, also one that returns
+  nothing, such as fused Adam and the ``_foreach`` ops).
 
 An operation on a device of ``P`` FLOP/s and ``B`` bytes/s takes at least
 ``max(flops / P, bytes / B)`` (the roofline model, Williams et al., CACM 2009). Three bounds
@@ -80,15 +81,22 @@ class OpRecorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        returns = func._schema.returns
+        schema = func._schema
+        returns = schema.returns
         is_view = bool(returns) and all(
             r.alias_info is not None and not r.alias_info.is_write for r in returns
         )
         name = str(func.overloadpacket.__name__)
-        if is_view or name.startswith(("empty", "_local_scalar_dense")):
+        if is_view or name.startswith(("empty", "_local_scalar_dense", "_unsafe_view")):
             moved = 0  # a view shares its input's storage; empty allocates without writing
         else:
             moved = _nbytes((args, kwargs)) + _nbytes(out)
+            if not returns:  # an in-place op that returns nothing (fused Adam, foreach): its writes
+                written = [
+                    a for a, arg in zip(args, schema.arguments, strict=False)
+                    if arg.alias_info is not None and arg.alias_info.is_write
+                ]  # fmt: skip
+                moved += _nbytes(written)
         flops = 0
         counter: Callable[..., int] | None = flop_registry.get(func.overloadpacket)
         if counter is not None:
@@ -179,7 +187,7 @@ def main() -> None:
         report["params"] = params
         report["precisions"][precision] = b
         print(
-            f"\n{precision}: batch {args.batch}, {params:,} parameters, {b['ops']} aten ops "
+            f"{precision}: batch {args.batch}, {params:,} parameters, {b['ops']} aten ops "
             f"({b['matrix_ops']} matrix), {b['matrix_gflop']:.1f} GFLOP of matrix work, "
             f"{b['gbytes']:.3f} GB moved ({b['matrix_gbytes']:.3f} GB by matrix ops); "
             f"device {b['peak_tflops']:g} TFLOP/s, {args.bandwidth_tbs:g} TB/s"

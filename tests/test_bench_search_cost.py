@@ -168,4 +168,7 @@ def test_quick_run_writes_tables_json_png_and_rerenders(shared_data_dir: Path, t
     clash = _run(
         "--from-json", str(halves[0]), str(tmp_path / "other.json"), "--out-dir", str(tmp_path / "d")
     )
-    assert clash.returncode != 0 and "setting epochs = 3" in clash.stderr, clash.stderr[-2000:]
+    assert clash.returncode == 2 and "setting epochs = 3" in clash.stderr, clash.stderr[-2000:]
+    assert len(clash.stderr.strip().splitlines()) == 1 and "Traceback" not in clash.stderr
+    missing = _run("--from-json", str(tmp_path / "nope.json"), "--out-dir", str(tmp_path))
+    assert missing.returncode == 2 and missing.stderr.strip().endswith("nope.json: no such file")

@@ -95,9 +95,10 @@ def check_spec_path(path: str | Path, flag: str = "--data") -> None:
 
 
 MAX_ROWS_HELP = (
-    "Train on a seeded subsample of at most N training rows (in memory: stratified by the binary "
-    "tasks; a stream: the N rows of smallest seeded hash), for quick runs; validation and test keep "
-    "every row; any dataset. Same as --option max_rows=N."
+    "Train on a seeded subsample of N training rows (all of them if the table has fewer), for quick "
+    "runs; validation and test keep every row. A table in memory: stratified by the binary tasks; "
+    "a streamed spec (stream: true): a seeded pseudo-random choice made row by row, so the same "
+    "seed keeps the same rows. Built-in datasets and spec files alike; same as --option max_rows=N."
 )
 
 
