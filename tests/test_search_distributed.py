@@ -6,12 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import optuna
 import pytest
+from _procs import stopped_when
 from _services import require_postgres, require_redis
 from optuna.trial import TrialState
 
@@ -99,17 +99,16 @@ def test_a_killed_worker_trial_fails_after_the_grace_period_and_is_retried(tmp_p
     env = {"MTLSEARCH_HEARTBEAT_INTERVAL": "1", "MTLSEARCH_GRACE_PERIOD": "3"}
     victim = _worker(name, url, tmp_path, env)
     storage = create_storage(url)
-    deadline = time.monotonic() + 120
-    running = []
-    while time.monotonic() < deadline and not running:
-        time.sleep(0.2)
-        running = [  # mid-trial: at least one epoch reported
+    running_states = (TrialState.RUNNING,)
+    running = stopped_when(  # mid-trial (at least one epoch reported), caught with the worker stopped
+        victim,
+        lambda: [
             t
-            for t in optuna.load_study(study_name=name, storage=storage).get_trials(
-                states=(TrialState.RUNNING,)
-            )
+            for t in optuna.load_study(study_name=name, storage=storage).get_trials(states=running_states)
             if t.user_attrs.get("epoch_values")
-        ]
+        ],
+        limit=120,
+    )
     assert running, _logs(tmp_path)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)

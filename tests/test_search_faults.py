@@ -20,6 +20,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _procs import stopped_when
 from _proxy import CuttableProxy
 from _services import require_postgres, require_redis
 from optuna.trial import FrozenTrial, TrialState
@@ -224,8 +225,10 @@ def test_a_storage_outage_past_the_grace_period_is_survived(tmp_path, backend):
     try:
         cut_off = w.start(proxy.url_for(url), {"MTLSEARCH_STORAGE_RETRY": "120"})
         study = lambda: _study(url, name)  # noqa: E731
-        hit = _wait("the cut-off worker mid-trial", _mid_trial_of(study, cut_off.pid), w)
+        hit = stopped_when(cut_off, _mid_trial_of(study, cut_off.pid), LIMIT)  # the worker stopped
+        assert hit, f"the cut-off worker never seen mid-trial\n{w.all_logs()}"
         proxy.cut()
+        cut_off.send_signal(signal.SIGCONT)
         other = w.start()
         _wait("the cut-off trial's retry", lambda: _retries_of(study(), hit.number), w)
         time.sleep(2)  # the outage outlasts the takeover
@@ -251,8 +254,10 @@ def test_an_outage_longer_than_the_retry_window_ends_the_worker_with_one_line(tm
     try:
         cut_off = w.start(proxy.url_for(url), {"MTLSEARCH_STORAGE_RETRY": "3"})
         study = lambda: _study(url, name)  # noqa: E731
-        hit = _wait("the cut-off worker mid-trial", _mid_trial_of(study, cut_off.pid), w)
+        hit = stopped_when(cut_off, _mid_trial_of(study, cut_off.pid), LIMIT)  # the worker stopped
+        assert hit, f"the cut-off worker never seen mid-trial\n{w.all_logs()}"
         proxy.cut()
+        cut_off.send_signal(signal.SIGCONT)
         assert cut_off.wait(timeout=LIMIT) == 75, w.all_logs()
         log = w.log(0)
         assert "Traceback" not in log, log
