@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from _data_helpers import write_shop
+from _data_helpers import write_shop, write_spec
 from conftest import shared_data_dir
 
 from mtlsearch import cli
@@ -100,3 +100,31 @@ def test_cli_lists_the_builtins(capsys, monkeypatch) -> None:
     assert code == 0
     for name in ("census-income", "synthetic", "ali-ccp", "aliexpress"):
         assert name in out
+
+
+def test_cli_refuses_a_streamed_spec_before_reading_its_data(tmp_path, capsys, monkeypatch) -> None:
+    """``stream: true``: the one-line refusal (exit 2) comes from the spec, before the
+    preprocessing is fitted: the spec's files are not Parquet, so reading them would fail."""
+    for split in ("train", "valid", "test"):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "part-0.parquet").write_text("not a parquet file\n")
+    spec = {
+        "name": "clicks",
+        "files": {"train": "train", "valid": "valid", "test": "test", "format": "parquet"},
+        "stream": True,
+        "tasks": [{"name": "ctr", "label": "click", "kind": "binary"}],
+    }
+    path = write_spec(tmp_path, spec)
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the data was loaded")
+
+    monkeypatch.setattr("mtlsearch.cli._data.load_dataset", no_load)
+    code, out, err = run(["describe", str(path)], capsys, monkeypatch)
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0] == (
+        "error: clicks: a streamed dataset (stream: true) is not described in memory; "
+        "`mtlsearch data scan SPEC` summarises it in one streaming pass"
+    ), err
+    assert out == ""

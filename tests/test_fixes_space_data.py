@@ -88,7 +88,7 @@ def test_task_embedding_dim_is_sampled_only_for_data_with_categorical_features()
 @pytest.mark.parametrize("inputs", [NUMERIC, WITH_IDS], ids=["numeric", "ids"])
 def test_every_recorded_parameter_of_a_wide_search_is_what_trained(inputs):
     """Real Optuna trials (random sampler) over wide.yaml: each recorded value of select,
-    gate_sharing and task_embedding_dim equals the built config's."""
+    gate_sharing, gate_input and task_embedding_dim equals the built config's."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = SearchSpace.load(ROOT / "search_spaces" / "wide.yaml")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
@@ -114,8 +114,13 @@ def test_every_recorded_parameter_of_a_wide_search_is_what_trained(inputs):
                 assert params[f"l{i}.select"] == lv.select
             if f"l{i}.gate_sharing" in params:
                 assert params[f"l{i}.gate_sharing"] == lv.gate_sharing
-            else:
-                assert cfg.inputs.task_embedding_dim > 0 and lv.gate_sharing == "per_task"
+            else:  # forced per task (STEM, or a gate per task over its own experts) or unread
+                forced = cfg.inputs.task_embedding_dim > 0 or lv.select == "own+shared"
+                assert (forced or lv.gate_kind == "none") and lv.gate_sharing == "per_task"
+            if f"l{i}.gate_input" in params:
+                assert params[f"l{i}.gate_input"] == lv.gate_input
+            else:  # a level without gates reads no input
+                assert lv.gate_kind == "none" and lv.gate_input == "level"
         study.tell(trial, 0.0)
     assert seen_adatt > 0
 
@@ -249,7 +254,8 @@ def test_a_gate_setting_is_sampled_only_for_a_gate_kind_that_reads_it():
 
 
 def test_a_space_whose_gates_all_read_top_k_samples_it_in_the_old_order():
-    level = "levels: 1\nlevel: {gate_kind: %s, top_k: {int: [1, 2]}, "
+    # select: shared, so that gate_sharing is sampled (under own+shared, a gate per task is forced)
+    level = "levels: 1\nlevel: {gate_kind: %s, top_k: {int: [1, 2]}, select: shared, "
     level += "gate_sharing: {choice: [per_task, single]}}"
     cases = (("topk", True), ("{choice: [topk, dselect_k]}", True), ("{choice: [topk, softmax]}", False))
     for kinds, in_order in cases:

@@ -41,9 +41,14 @@ ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid", "identity")
 TOP_K_BOUNDED_GATES = frozenset({"topk", "noisy_top_k"})
 #: Gate kinds that read ``top_k``.
 TOP_K_GATES = TOP_K_BOUNDED_GATES | {"dselect_k"}
+#: Gate kinds with gates: every kind but ``none`` (the plain mean of the selected experts,
+#: which reads no input and is the same for every task).
+LEARNED_GATES = frozenset(k for k in get_args(GateKind) if k != "none")
 #: The level fields only some gate kinds read, and those kinds (a search samples such a field
 #: only for a gate that reads it; elsewhere it is inert).
 GATE_KIND_FIELDS: dict[str, frozenset[str]] = {
+    "gate_input": LEARNED_GATES,
+    "gate_sharing": LEARNED_GATES,
     "top_k": frozenset(TOP_K_GATES),
     "balance_weight": frozenset({"noisy_top_k"}),
     "smooth_step_gamma": frozenset({"dselect_k"}),
@@ -637,6 +642,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
 __all__ = [
     "ACTIVATIONS",
     "GATE_KIND_FIELDS",
+    "LEARNED_GATES",
     "LEVEL_NUMBERS",
     "TOP_K_BOUNDED_GATES",
     "TOP_K_GATES",

@@ -15,8 +15,8 @@ from rich.table import Table
 from mtlsearch._errors import UserError
 from mtlsearch._yaml import option_value
 from mtlsearch.cli._common import check_spec_path, console, max_rows_option, with_max_rows
-from mtlsearch.data import BUILTIN_DATASETS, describe, load_dataset
-from mtlsearch.data._describe import SPLITS, DatasetDescription, TaskSplitSummary
+from mtlsearch.data import BUILTIN_DATASETS, DatasetSpec, describe, load_dataset
+from mtlsearch.data._describe import SPLITS, DatasetDescription, TaskSplitSummary, streamed_refusal
 
 data_app = typer.Typer(
     help="Inspect datasets (built-in ones and dataset spec files); generate synthetic tables.",
@@ -142,6 +142,12 @@ def describe_cmd(
     parsed = with_max_rows(parse_options(options), max_rows)
     if spec is not None:
         check_spec_path(spec, "data describe")
+        if spec not in BUILTIN_DATASETS and Path(spec).is_file():
+            # a streamed spec is refused from the spec itself: loading would fit its
+            # preprocessing in a pass over the data first (minutes on a large table)
+            parsed_spec = DatasetSpec.load(spec)
+            if parsed_spec.stream:
+                raise streamed_refusal(parsed_spec.name)
     ds = load_dataset(source, data_dir=data_dir, seed=seed, **parsed)
     render(describe(ds), console())
 

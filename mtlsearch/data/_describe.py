@@ -100,15 +100,21 @@ def label_correlation(split: TensorSplit, a: str, b: str) -> float:
     return float((x * y).sum()) / den if den > 0 else math.nan
 
 
+def streamed_refusal(name: str) -> UserError:
+    """The one-line refusal of a streamed dataset (``stream: true``) named ``name``:
+    ``mtlsearch data describe`` raises it from the spec, before the data is read."""
+    return UserError(
+        f"{name}: a streamed dataset (stream: true) is not described in memory; "
+        "`mtlsearch data scan SPEC` summarises it in one streaming pass"
+    )
+
+
 def describe(data: MTLDataset) -> DatasetDescription:
     """Summarise a loaded dataset from its encoded tensors (what a model will see). A streamed
     dataset (``stream: true``) is refused in one line: ``mtlsearch data scan`` reads it."""
     ds = data
     if not isinstance(ds.train, TensorSplit):
-        raise UserError(
-            f"{ds.name}: a streamed dataset (stream: true) is not described in memory; "
-            "`mtlsearch data scan SPEC` summarises it in one streaming pass"
-        )
+        raise streamed_refusal(ds.name)
     features: list[FeatureSummary] = []
     for j, name in enumerate(ds.numeric_features):
         features.append(FeatureSummary(name, "numeric", int(torch.unique(ds.train.numeric[:, j]).numel())))

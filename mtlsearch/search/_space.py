@@ -31,9 +31,15 @@ conditional parameters out of its crossover.
 
 Forced values: a trial's parameters are what trained, so a value another one forces is not
 sampled under ``conditional``: a level's ``select`` when its ``fusion`` is ``adatt`` (all),
-its ``gate_sharing`` when the trial has task-specific embeddings (per task), and
-``task_embedding_dim`` on data without categorical features (under either encoding: no
+its ``gate_sharing`` when the trial has task-specific embeddings or the level's ``select``
+is ``own+shared`` on several tasks (per task: one gate cannot mix each task's own experts),
+and ``task_embedding_dim`` on data without categorical features (under either encoding: no
 trial on that data has it). ``fixed`` samples the first two anyway and uses the forced value.
+Nor, under ``conditional``, is a level's gate setting that its gate kind does not read
+(``gate_input`` and ``gate_sharing`` under ``gate_kind: none``, ``top_k`` unless a top-k
+kind, ...: ``GATE_KIND_FIELDS``). A level without shared experts draws an integer range of
+task-specific experts from 1 where 0 would leave a gate with no expert (``fixed``: from the
+whole range, training 1 for 0).
 """
 
 from __future__ import annotations
@@ -915,44 +921,104 @@ class SearchSpace:
         """Level ``i``'s values. A value another one forces is not sampled under the
         conditional encoding, so a trial's parameters are what trained: ``select`` when the
         level's ``fusion`` is ``adatt`` (AdaTT mixes every expert: ``all``), ``gate_sharing``
-        when ``stem`` (task-specific embeddings: per-task gates). The fixed encoding samples
-        them in every trial (NSGA-II needs the same parameters in each) and uses the forced
-        value, as it does for the levels a trial leaves out. Likewise a gate's own settings
-        (``top_k``, ``balance_weight``, ``smooth_step_gamma``, ``entropy_weight``:
-        :data:`~mtlsearch.arch._config.GATE_KIND_FIELDS`) are sampled only for a gate kind that
-        reads them, when the space's ``gate_kind`` can be one that does not."""
+        when ``stem`` (task-specific embeddings: per-task gates) or when ``select`` is
+        ``own+shared`` with several tasks (a single gate for all tasks cannot mix each task's
+        own experts: per-task gates). The fixed encoding samples them in every trial (NSGA-II
+        needs the same parameters in each) and uses the forced value, as it does for the
+        levels a trial leaves out. Likewise a gate's settings (``gate_input``,
+        ``gate_sharing``, ``top_k``, ``balance_weight``, ``smooth_step_gamma``,
+        ``entropy_weight``: :data:`~mtlsearch.arch._config.GATE_KIND_FIELDS`) are sampled
+        only for a gate kind that reads them, when the space's ``gate_kind`` can be one that
+        does not. A level without shared experts draws its task-specific counts so that every
+        gate sees an expert (:meth:`_n_specific`)."""
         p = f"l{i}."
         conditional = encoding != "fixed"
+        multi_task = len(tasks) > 1
         skip = {"n_specific", "per_task"}
-        if conditional and "adatt" in self.level["fusion"].values():
+        late_select = conditional and "adatt" in self.level["fusion"].values()
+        if late_select:
             skip.add("select")  # drawn after fusion, below (order kept for spaces without adatt)
-        if conditional and stem:
-            skip.add("gate_sharing")
         kinds = set(self.level["gate_kind"].values())
         gated = [  # drawn after gate_kind, only for a gate that reads them
             k for k, readers in GATE_KIND_FIELDS.items()
             if conditional and not isinstance(self.level[k], Const) and not kinds <= readers
         ]  # fmt: skip
         skip.update(gated)
-        lv = {k: self.level[k].suggest(trial, p + k) for k in _LEVEL_DEFAULTS if k not in skip}
+        # select own+shared on several tasks forces per-task gates, so gate_sharing is drawn
+        # after select: late when select is late (at its old place when select comes first)
+        sharing_follows_select = (
+            multi_task
+            and not isinstance(self.level["gate_sharing"], Const)
+            and "own+shared" in self.level["select"].values()
+        )
+        late_sharing = conditional and (
+            stem or "gate_sharing" in gated or (sharing_follows_select and late_select)
+        )
+        if late_sharing:
+            skip.add("gate_sharing")
+
+        def sharing_forced() -> bool:
+            return stem or (sharing_follows_select and lv["select"] == "own+shared")
+
+        lv: dict[str, Any] = {}
+        for k in _LEVEL_DEFAULTS:
+            if k in skip:
+                continue
+            if k == "gate_sharing" and conditional and sharing_forced():
+                lv[k] = "per_task"  # not sampled: select (drawn above) forces it
+                continue
+            lv[k] = self.level[k].suggest(trial, p + k)
         for k in gated:
+            if k == "gate_sharing":
+                continue  # after select, below
             read = lv["gate_kind"] in GATE_KIND_FIELDS[k]
             lv[k] = self.level[k].suggest(trial, p + k) if read else _LEVEL_DEFAULTS[k]
-        if "select" in skip:
+        if late_select:
             lv["select"] = (
                 "all" if lv["fusion"] == "adatt" else self.level["select"].suggest(trial, p + "select")
             )
-        if stem:
+        if lv["fusion"] == "adatt":  # the fixed encoding's drawn select: AdaTT mixes every expert
+            lv["select"] = "all"
+        if late_sharing:
+            read = "gate_sharing" not in gated or lv["gate_kind"] in GATE_KIND_FIELDS["gate_sharing"]
+            if sharing_forced() or not read:
+                lv["gate_sharing"] = "per_task" if read else _LEVEL_DEFAULTS["gate_sharing"]
+            else:
+                lv["gate_sharing"] = self.level["gate_sharing"].suggest(trial, p + "gate_sharing")
+        elif sharing_forced():  # the fixed encoding: sampled above, the forced value trains
             lv["gate_sharing"] = "per_task"
         per_task = self.level["per_task"].suggest(trial, p + "per_task")
+        # Without shared experts a gate sees only task-specific ones: under own+shared each
+        # task's own, under all (AdaTT too) every task's
+        alone = lv["n_shared"] == 0 and lv["select"] in ("own+shared", "all")
         if per_task:
-            lv["n_specific"] = tuple(
-                self.level["n_specific"].suggest(trial, f"{p}n_specific.{t.name}") for t in tasks
-            )
+            counts: list[int] = []
+            for k, t in enumerate(tasks):
+                last = k == len(tasks) - 1
+                need = alone and (lv["select"] == "own+shared" or (last and not any(counts)))
+                counts.append(self._n_specific(trial, f"{p}n_specific.{t.name}", need, conditional))
+            lv["n_specific"] = tuple(counts)
         else:
-            lv["n_specific"] = (self.level["n_specific"].suggest(trial, p + "n_specific"),) * len(tasks)
+            lv["n_specific"] = (self._n_specific(trial, p + "n_specific", alone, conditional),) * len(tasks)
         lv["expert_hidden"] = tuple(lv["expert_hidden"])
         return lv
+
+    def _n_specific(self, trial: Any, name: str, at_least_one: bool, conditional: bool) -> int:
+        """A task-specific expert count; ``at_least_one`` when a gate would otherwise see no
+        expert (a level without shared experts). Then an integer range that starts at 0 is
+        drawn from its first value >= 1 under the conditional encoding (the trial's parameter
+        is what trained); the fixed encoding draws the whole range (NSGA-II needs the same
+        distribution in every trial) and trains the smallest count >= 1 the space has in
+        place of a 0. A choice or constant that gives 0 is left to the config's check."""
+        param = self.level["n_specific"]
+        first = None
+        if at_least_one and isinstance(param, IntRange) and param.low < 1:
+            first = param.low + param.step * math.ceil((1 - param.low) / param.step)
+            first = first if first <= param.high else None
+        if first is not None and conditional:
+            return IntRange(first, param.high, param.step, param.log).suggest(trial, name)
+        value = param.suggest(trial, name)
+        return first if first is not None and value < 1 else value
 
     @staticmethod
     def _finish_level(
