@@ -48,6 +48,11 @@ Goals (issue 14), printed as ``goal: ... yes/no (figures)`` lines:
 (b) At every checkpoint after the first 10% of the budget, TPE+MOASHA's mean hypervolume
     over seeds is higher than full TPE's.
 
+``--auc-tolerance D`` adds goal (a) checked with TPE+MOASHA's front raised by D AUC on both
+tasks: the exact target asks for every point of full TPE's front, including points that
+beat another by 1e-6 AUC, far below the validation AUC's sampling error
+(``benchmarks/rung_replay.py`` shows how often that alone decides the strict check).
+
 Budget (the full data cannot be searched 12 times on 2 cores; stated in the outputs): the
 data are ``load_dataset("census-income", group=1, seed=SEED, max_rows=--train-rows)`` (the
 public ``max_rows`` option: a seeded stratified subsample of the training rows, default
@@ -209,6 +214,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--zoom-margin", type=float, default=0.002, help="AUC below the fronts' worst for the zoomed point"
     )
     p.add_argument(
+        "--auc-tolerance",
+        type=float,
+        default=0.0,
+        help="also check goal (a) with TPE+MOASHA's front raised by this AUC on both tasks (a report "
+        "setting: the runs are the same; default 0: the strict check only)",
+    )
+    p.add_argument(
         "--zoom-ref",
         type=float,
         nargs=2,
@@ -237,7 +249,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="read the runs already saved in OUT_DIR/runs with the same settings instead of running them",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log every trial")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if not 0 <= a.auc_tolerance < 0.5:
+        p.error(f"--auc-tolerance: must be in [0, 0.5), got {a.auc_tolerance}")
+    return a
 
 
 def make_settings(a: argparse.Namespace) -> tuple[Settings, int]:
@@ -389,6 +404,7 @@ class Clock:
         self.t0 = time.perf_counter()
         self.start: dict[int, float] = {}
         self.finish: dict[int, float] = {}
+        self.epoch_ends: dict[int, list[float]] = {}
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
@@ -400,6 +416,7 @@ class Clock:
         self.start[trial.number] = self.now()
 
     def on_epoch(self, trial: optuna.Trial, report: Any) -> None:
+        self.epoch_ends.setdefault(trial.number, []).append(self.now())
         if self.now() > self.budget_s:
             raise DeadlineReached(f"cut at the deadline after epoch {report.epoch + 1}")
 
@@ -504,6 +521,8 @@ def _trial_row(t: FrozenTrial, clock: Clock, budget_s: float) -> dict[str, Any]:
         "finish_s": finish,
         "epochs": len(t.user_attrs.get(EPOCH_ATTR) or []),
         "epoch_values": t.user_attrs.get(EPOCH_ATTR),  # per epoch, the objectives' values
+        "epoch_end_s": clock.epoch_ends.get(t.number),  # per epoch, when it ended (run clock)
+        "params": dict(t.params),
         "cut": cut,
         "counted": finish is not None and finish <= budget_s and not cut,
         "stopped_rung": t.user_attrs.get(STOPPED_RUNG_ATTR),
@@ -514,10 +533,27 @@ def _trial_row(t: FrozenTrial, clock: Clock, budget_s: float) -> dict[str, Any]:
     }
 
 
-#: Settings that must agree for runs to be put in one report (the seeds and strategies may differ).
+#: Settings that must agree for runs to be put in one report (the seeds and strategies may
+#: differ; MOASHA's settings only between runs that read them).
 _SHARED_SETTINGS = tuple(
     f.name for f in dataclasses.fields(Settings) if f.name not in ("seeds", "strategies")
 )
+_MOASHA_SETTINGS = ("min_epochs", "eta")
+
+
+def _reads_moasha(strategies: Sequence[str]) -> bool:
+    """Whether any of ``strategies`` prunes with MOASHA (reads ``min_epochs`` and ``eta``)."""
+    probe = Settings((), (), 1.0, 0, None, 2, 1, 2, "", 1, 1, 0.0, False)
+    return any((STRATEGIES[x][1](probe) or {}).get("method") == "moasha" for x in strategies)
+
+
+def _settings_to_match(a: Sequence[str], b: Sequence[str]) -> tuple[str, ...]:
+    """The settings two sets of runs (their strategies) must agree on to share a report:
+    all but the seeds and strategies, MOASHA's only when both sides have a MOASHA run (a
+    full-budget TPE run is the same run whatever ``--eta`` was given)."""
+    if _reads_moasha(a) and _reads_moasha(b):
+        return _SHARED_SETTINGS
+    return tuple(k for k in _SHARED_SETTINGS if k not in _MOASHA_SETTINGS)
 
 
 def _run_file(runs_dir: Path, strategy: str, seed: int) -> Path:
@@ -531,7 +567,7 @@ def _saved_run(runs_dir: Path, s: Settings, strategy: str, seed: int) -> dict[st
         return None
     saved = json.loads(path.read_text())
     mine = dataclasses.asdict(s)
-    if any(saved["settings"].get(k) != mine[k] for k in _SHARED_SETTINGS):
+    if any(saved["settings"].get(k) != mine[k] for k in _settings_to_match([strategy], [strategy])):
         log.info("%s: saved with other settings, run again", path)
         return None
     return saved["run"]
@@ -633,13 +669,16 @@ def _finished(run: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(done, key=lambda t: t["finish_s"])
 
 
-def _time_to_reach(run: dict[str, Any], target: float, ref: Sequence[float]) -> float | None:
-    """The first finish time at which the run's HV is >= ``target`` (None: never)."""
+def _time_to_reach(
+    run: dict[str, Any], target: float, ref: Sequence[float], tolerance: float = 0.0
+) -> float | None:
+    """The first finish time at which the run's HV is >= ``target`` (None: never); with a
+    ``tolerance``, the HV of its front raised by that much AUC on both tasks."""
     if target <= 0:
         return 0.0
     values: list[Sequence[float]] = []
     for t in _complete(run):
-        values.append(t["values"])
+        values.append([v + tolerance for v in t["values"]])
         if hv2d(values, ref) / _scale(ref) >= target - 1e-12:
             return float(t["finish_s"])
     return None
@@ -656,42 +695,68 @@ def _runs_of(runs: Sequence[dict[str, Any]], strategy: str) -> list[dict[str, An
     return sorted((r for r in runs if r["strategy"] == strategy), key=lambda r: r["seed"])
 
 
-def goals(s: Settings, runs: Sequence[dict[str, Any]], refs: dict[str, tuple[float, float]]) -> list[str]:
-    """The issue's goals, checked on this run's numbers (module docstring)."""
+def _goal_a(
+    s: Settings,
+    full: Sequence[dict[str, Any]],
+    fast: Sequence[dict[str, Any]],
+    label: str,
+    ref: Sequence[float],
+    tolerance: float,
+) -> str:
+    """Goal (a)'s line at one reference point (``tolerance``: see :func:`goals`)."""
+    figures, ok, short = [], True, []
+    for f, m in zip(full, fast, strict=True):
+        done = _finished(f)
+        n = min(s.target_trials, len(done))
+        if n < s.target_trials:
+            short.append(f"seed {f['seed']}: {len(done)}")
+        if n == 0:
+            figures.append(f"seed {f['seed']}: full TPE finished no trial")
+            ok = False
+            continue
+        t_full = float(done[n - 1]["finish_s"])
+        target = hv_at(f, t_full, ref)
+        t_fast = _time_to_reach(m, target, ref, tolerance)
+        ok = ok and t_fast is not None and t_fast <= t_full / 3
+        reached = "never" if t_fast is None else f"at {t_fast:.0f} s ({t_fast / t_full:.2f}x)"
+        figures.append(
+            f"seed {f['seed']}: full TPE HV {target:.4f} after {n} trials ({t_full:.0f} s), "
+            f"TPE+MOASHA {reached}"
+        )
+    note = (
+        f"; full TPE finished fewer than {s.target_trials} trials in the budget ({', '.join(short)}): "
+        "target taken after its last"
+        if short
+        else ""
+    )
+    within = f" within {tolerance:g} AUC" if tolerance else ""
+    return (
+        f"(a) {label}: TPE+MOASHA reaches full TPE's HV after {s.target_trials} trials in <= 1/3 of "
+        f"its time{within}, every seed: {'yes' if ok else 'no'} ({'; '.join(figures)}{note})"
+    )
+
+
+def goals(
+    s: Settings,
+    runs: Sequence[dict[str, Any]],
+    refs: dict[str, tuple[float, float]],
+    tolerance: float = 0.0,
+) -> list[str]:
+    """The issue's goals, checked on this run's numbers (module docstring). ``tolerance`` > 0
+    adds, after each goal (a) line, the same check with TPE+MOASHA's front raised by that
+    much AUC on both tasks (a front point full TPE found by a hair, 1e-6 AUC, is not lost)."""
     if FULL_TPE not in s.strategies or TPE_MOASHA not in s.strategies:
         return [f"goals need both {FULL_TPE} and {TPE_MOASHA} among --strategies: not checked"]
     full, fast = _runs_of(runs, FULL_TPE), _runs_of(runs, TPE_MOASHA)
-    out = []
+    paired = {r["seed"] for r in full} & {r["seed"] for r in fast}  # each seed beside the same seed
+    alone = sorted({r["seed"] for r in (*full, *fast)} - paired)
+    full, fast = [r for r in full if r["seed"] in paired], [r for r in fast if r["seed"] in paired]
+    out = [f"seeds {alone} have one side only and are not compared"] if alone else []
+    if not paired:
+        return [*out, f"no seed has both {FULL_TPE} and {TPE_MOASHA}: not checked"]
     for label, ref in refs.items():
-        figures, ok, short = [], True, []
-        for f, m in zip(full, fast, strict=True):
-            done = _finished(f)
-            n = min(s.target_trials, len(done))
-            if n < s.target_trials:
-                short.append(f"seed {f['seed']}: {len(done)}")
-            if n == 0:
-                figures.append(f"seed {f['seed']}: full TPE finished no trial")
-                ok = False
-                continue
-            t_full = float(done[n - 1]["finish_s"])
-            target = hv_at(f, t_full, ref)
-            t_fast = _time_to_reach(m, target, ref)
-            ok = ok and t_fast is not None and t_fast <= t_full / 3
-            reached = "never" if t_fast is None else f"at {t_fast:.0f} s ({t_fast / t_full:.2f}x)"
-            figures.append(
-                f"seed {f['seed']}: full TPE HV {target:.4f} after {n} trials ({t_full:.0f} s), "
-                f"TPE+MOASHA {reached}"
-            )
-        note = (
-            f"; full TPE finished fewer than {s.target_trials} trials in the budget ({', '.join(short)}): "
-            "target taken after its last"
-            if short
-            else ""
-        )
-        out.append(
-            f"(a) {label}: TPE+MOASHA reaches full TPE's HV after {s.target_trials} trials in <= 1/3 of "
-            f"its time, every seed: {'yes' if ok else 'no'} ({'; '.join(figures)}{note})"
-        )
+        for tol in (0.0, tolerance) if tolerance > 0 else (0.0,):
+            out.append(_goal_a(s, full, fast, label, ref, tol))
         later = [c for c in CHECKPOINTS if c > CHECKPOINTS[0]]
         cells, ok = [], True
         for c in later:
@@ -809,7 +874,7 @@ def markdown(s: Settings, payload: dict[str, Any], zoom: tuple[float, float]) ->
         )
         + ", as a share of the box from there to (1, 1)",
         "",
-        *(f"- goal: {g}" for g in goals(s, runs, refs)),
+        *(f"- goal: {g}" for g in goals(s, runs, refs, payload.get("auc_tolerance", 0.0))),
         "",
         "## Hypervolume at checkpoints, reference AUC 0.5",
         "",
@@ -907,10 +972,15 @@ def plot(s: Settings, runs: Sequence[dict[str, Any]], zoom: tuple[float, float],
 
 
 def write_outputs(
-    s: Settings, payload: dict[str, Any], out_dir: Path, zoom_ref: Sequence[float] | None
+    s: Settings,
+    payload: dict[str, Any],
+    out_dir: Path,
+    zoom_ref: Sequence[float] | None,
+    auc_tolerance: float = 0.0,
 ) -> str:
     zoom = tuple(zoom_ref) if zoom_ref else zoom_reference(payload["runs"], s.zoom_margin)
-    text = markdown(s, {**payload, "zoom_given": zoom_ref is not None}, zoom)  # type: ignore[arg-type]
+    shown = {**payload, "zoom_given": zoom_ref is not None, "auc_tolerance": auc_tolerance}
+    text = markdown(s, shown, zoom)  # type: ignore[arg-type]
     out_dir.mkdir(parents=True, exist_ok=True)
     plot(s, payload["runs"], zoom, out_dir / "search_cost.png")  # type: ignore[arg-type]
     (out_dir / "search_cost.md").write_text(text)
@@ -942,15 +1012,19 @@ def merge_payloads(payloads: Sequence[dict[str, Any]], paths: Sequence[Path]) ->
     two files: the first file's), the union of their seeds and strategies; every other setting
     must agree (else SystemExit naming it and the files)."""
     first = payloads[0]
-    for other, path in zip(payloads[1:], paths[1:], strict=True):
-        for k in _SHARED_SETTINGS:
-            if other["settings"].get(k) != first["settings"].get(k):
-                _fail(
-                    f"{path}: setting {k} = {other['settings'].get(k)!r}, but {paths[0]} has "
-                    f"{first['settings'].get(k)!r}: runs with other settings cannot share a report"
-                )
+    for i, (other, path) in enumerate(zip(payloads[1:], paths[1:], strict=True), start=1):
+        for before, before_path in zip(payloads[:i], paths[:i], strict=True):
+            ran = [[r["strategy"] for r in p["runs"]] for p in (before, other)]
+            for k in _settings_to_match(*ran):
+                if other["settings"].get(k) != before["settings"].get(k):
+                    _fail(
+                        f"{path}: setting {k} = {other['settings'].get(k)!r}, but {before_path} has "
+                        f"{before['settings'].get(k)!r}: runs with other settings cannot share a report"
+                    )
     if len(payloads) == 1:
         return first
+    # MOASHA's settings in the merged report: those of the files that ran MOASHA
+    moasha = next((p for p in payloads if _reads_moasha([r["strategy"] for r in p["runs"]])), first)
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     for p in payloads:
         for r in p["runs"]:
@@ -961,7 +1035,12 @@ def merge_payloads(payloads: Sequence[dict[str, Any]], paths: Sequence[Path]) ->
     return {
         **first,
         "command": " ; ".join(p["command"] for p in payloads),
-        "settings": {**first["settings"], "seeds": seeds, "strategies": strategies},
+        "settings": {
+            **first["settings"],
+            **{k: moasha["settings"][k] for k in _MOASHA_SETTINGS},
+            "seeds": seeds,
+            "strategies": strategies,
+        },
         "started": " ; ".join(p["started"] for p in payloads),
         "total_seconds": sum(p["total_seconds"] for p in payloads),
         "load_average_before_after": [
@@ -1001,7 +1080,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "total_seconds": time.perf_counter() - t0,
             "runs": runs,
         }
-    text = write_outputs(s, payload, a.out_dir, a.zoom_ref)
+    text = write_outputs(s, payload, a.out_dir, a.zoom_ref, a.auc_tolerance)
     print(text)
     print(f"wrote search_cost.md, search_cost.json and search_cost.png in {a.out_dir}")
     return 0

@@ -170,5 +170,35 @@ def test_quick_run_writes_tables_json_png_and_rerenders(shared_data_dir: Path, t
     )
     assert clash.returncode == 2 and "setting epochs = 3" in clash.stderr, clash.stderr[-2000:]
     assert len(clash.stderr.strip().splitlines()) == 1 and "Traceback" not in clash.stderr
+    # MOASHA's settings must agree only between files that both ran MOASHA: full TPE's runs
+    # are the same runs whatever --eta was, and --resume reads them under another --eta
+    assert [r["strategy"] for r in json.loads(halves[0].read_text())["runs"]] == ["tpe", "tpe+dominance"]
+    tpe_eta4 = json.loads(halves[0].read_text())
+    tpe_eta4["settings"]["eta"] = 4
+    (tmp_path / "tpe_eta4.json").write_text(json.dumps(tpe_eta4))
+    mixed = _run(
+        "--from-json", str(tmp_path / "tpe_eta4.json"), str(halves[1]), "--out-dir", str(tmp_path / "e")
+    )
+    assert mixed.returncode == 0, mixed.stderr[-3000:]
+    shown = _run("--from-json", str(out / "search_cost.json"), "--out-dir", str(tmp_path / "g"),
+                 "--auc-tolerance", "0.01")  # fmt: skip
+    goal_a = [
+        x for x in (tmp_path / "g" / "search_cost.md").read_text().splitlines() if x.startswith("- goal: (a)")
+    ]
+    assert shown.returncode == 0 and len(goal_a) == 4, shown.stderr[-2000:]  # strict and raised, two points
+    assert sum("in <= 1/3 of its time within 0.01 AUC, every seed" in x for x in goal_a) == 2
+    assert json.loads((tmp_path / "e" / "search_cost.json").read_text())["settings"]["eta"] == 3
+    moasha_eta4 = json.loads(halves[1].read_text())
+    moasha_eta4["settings"]["eta"] = 4
+    (tmp_path / "moasha_eta4.json").write_text(json.dumps(moasha_eta4))
+    clash = _run(
+        "--from-json", str(halves[1]), str(tmp_path / "moasha_eta4.json"), "--out-dir", str(tmp_path / "f")
+    )
+    assert clash.returncode == 2 and "setting eta = 4" in clash.stderr, clash.stderr[-2000:]
+    resumed = _run(
+        "--quick", "--budget-s", str(BUDGET_S), "--data-dir", str(shared_data_dir), "--out-dir", str(out),
+        "--resume", "--strategies", "tpe", "--eta", "4",
+    )  # fmt: skip
+    assert resumed.returncode == 0 and "1 run(s) read from" in resumed.stderr, resumed.stderr[-2000:]
     missing = _run("--from-json", str(tmp_path / "nope.json"), "--out-dir", str(tmp_path))
     assert missing.returncode == 2 and missing.stderr.strip().endswith("nope.json: no such file")
