@@ -306,12 +306,35 @@ def test_nsga2_stops_proposing_a_learning_rate_whose_trials_were_all_stopped():
 
 
 # ---- a real study, resumed --------------------------------------------------------------------------
+class _EpochCounter:
+    """A search observer counting the epochs it is shown, per trial."""
+
+    def __init__(self) -> None:
+        self.epochs: dict[int, int] = {}
+
+    def on_study(self, study, context) -> None:
+        pass
+
+    def on_trial_start(self, trial, config) -> None:
+        self.epochs[trial.number] = 0
+
+    def on_epoch(self, trial, report) -> None:
+        self.epochs[trial.number] += 1
+
+    def on_trial_end(self, study, trial, result) -> None:
+        pass
+
+
 def test_a_moasha_study_stops_trials_at_rung_0_and_a_resume_keeps_its_rungs_and_decisions(tmp_path):
     url = _url(tmp_path)
     ctx = create_or_resume("m", url, _settings(n_trials=4))
+    seen_epochs = _EpochCounter()
+    ctx.observers.append(seen_epochs)
     run_worker(ctx)
     first = {t.number: t.user_attrs.get("rung_decisions") for t in ctx.study.get_trials()}
     trials = ctx.study.get_trials()
+    # observers (MLflow's run of the trial) see every epoch trained, the stopping one included
+    assert seen_epochs.epochs == {t.number: len(t.user_attrs["epoch_values"]) for t in trials}
     assert count_finished(ctx.study) == 4
     # quick.yaml trains 3 epochs: one rung, at epoch 1; each trial decided there once,
     # single process: each saw every earlier trial

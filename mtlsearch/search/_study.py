@@ -605,8 +605,12 @@ def make_objective(ctx: SearchContext) -> Callable[[optuna.Trial], Sequence[floa
                 obs.on_trial_start(trial, stored)
             rule = ctx.pruning
             epochs = config.training.epochs
-            callbacks: list[Callable[[Any], None]] = [PruningCallback(trial, ctx.objectives, rule, epochs)]
-            callbacks += [(lambda report, o=o: o.on_epoch(trial, report)) for o in ctx.observers]
+            # observers see every epoch first, the one a rule stops the trial at included (its
+            # MLflow run then holds the rung epoch's metrics); then the rule records and decides
+            callbacks: list[Callable[[Any], None]] = [
+                (lambda report, o=o: o.on_epoch(trial, report)) for o in ctx.observers
+            ]
+            callbacks.append(PruningCallback(trial, ctx.objectives, rule, epochs))
             rows = fraction_rows(rule, epochs, len(ctx.data.train), ctx.settings.seed, streamed=streamed)
             result = fit(config, ctx.data, callbacks=callbacks, progress=False, epoch_rows=rows)
             costs = {"params": float(result.n_params)}
