@@ -222,11 +222,11 @@ def test_bad_shards_fail_in_one_line_and_write_nothing(tmp_path, monkeypatch, ca
     shard.write_bytes(good)
     ds = load_from_spec(d / "stream.yaml")
     config = ExperimentConfig.load(d / "exp.yaml", inputs=ds.input_spec(), tasks=ds.tasks)
-    pq.write_table(table.set_column(0, "x0", table["x0"].cast("float64")), shard)
+    pq.write_table(table.set_column(0, "x0", table["x0"].cast("string")), shard)
     with pytest.raises(UserError) as exc:
         fit(config, ds, progress=False)
     assert str(exc.value) == (
-        f"{shard}: column 'x0' is double here but float in the first file of the set (part-00000.parquet)"
+        f"{shard}: column 'x0' is string here but float in the first file of the set (part-00000.parquet)"
     )
 
 

@@ -6,8 +6,12 @@ failure becomes a :class:`UserError` with the file name and the first line of th
 A table path is one file, a folder (its ``.parquet``/``.pq`` files, else its ``.csv``/
 ``.tsv``/``.txt`` files, gzip or not; hidden and ``_``-prefixed names such as ``_SUCCESS``
 are skipped) or a glob pattern (``shards/part-*.parquet``); :func:`data_files` lists them in
-name order. Every file of a set must have the first file's columns (and, for Parquet, their
-types): a shard with a missing, extra or retyped column is refused naming file and column.
+name order. Every file of a set must have the first file's columns: a shard with a missing
+or extra column is refused naming file and column. The Parquet files of a set are read with
+one unified schema (:func:`check_parquet_set`): column types that differ only in safe ways
+(integer or float widths, integers beside floats, an all-null column, string/large_string/
+dictionary-encoded strings) are widened; any other difference is refused, naming file,
+column and both types.
 """
 
 from __future__ import annotations
@@ -113,20 +117,99 @@ def parquet_schema(path: Path):  # -> pyarrow.Schema
         raise UserError(f"{path}: cannot read as PARQUET ({first_line(exc)})") from None
 
 
-def check_parquet_set(paths: Sequence[Path]) -> None:
-    """Every Parquet file of a set readable, with the first file's column names and types."""
+def check_parquet_set(paths: Sequence[Path]):  # -> pyarrow.Schema
+    """Every Parquet file of a set readable, with the first file's column names, and column
+    types that unify; returns the set's unified schema (the first file's column order and
+    metadata) that every reader of the set reads each file with (:func:`parquet_read_schema`).
+
+    Types unify with ``pyarrow.unify_schemas(promote_options="permissive")`` where the
+    widening is safe: integers of any widths (the widest, as pyarrow promotes them), floats
+    of any widths (the widest), integers beside a float (float64), the ``null`` type of an
+    all-null column (the other type), string, large_string and dictionary-encoded strings
+    (a plain string type). Anything else (a string beside a number, a timestamp beside a
+    number, a decimal or binary column beside another type) is a
+    one-line :class:`UserError` naming the file, the column and both types. Values that do
+    not fit the unified type (an integer above 2**53 read as float64) fail when read, naming
+    the file."""
     first = parquet_schema(paths[0])
     _reject_duplicates(paths[0], list(first.names))
+    types = {name: (first.field(name).type, paths[0]) for name in first.names}
     for path in paths[1:]:
         schema = parquet_schema(path)
         check_same_columns(paths[0], first.names, path, schema.names)
         for name in first.names:
-            want, got = first.field(name).type, schema.field(name).type
-            if want != got:
-                raise UserError(
-                    f"{path}: column {name!r} is {got} here but {want} in the first file of the set "
-                    f"({paths[0].name})"
-                )
+            want, since = types[name]
+            got = schema.field(name).type
+            merged = _unify_types(want, got)
+            if merged is None:
+                if since != paths[0] and _unify_types(first.field(name).type, got) is None:
+                    want, since = first.field(name).type, paths[0]  # blame the first file if it can
+                where = "the first file of the set" if since == paths[0] else "another file of the set"
+                raise UserError(f"{path}: column {name!r} is {got} here but {want} in {where} ({since.name})")
+            if merged != want:
+                types[name] = (merged, path)
+    fields = []
+    for name in first.names:
+        field = first.field(name)
+        if types[name][0] != field.type:  # widened: nullable, as some file's values may be null
+            field = field.with_type(types[name][0]).with_nullable(True)
+        fields.append(field)
+    import pyarrow as pa
+
+    return pa.schema(fields, metadata=first.metadata)
+
+
+def parquet_read_schema(unified, schema):  # (pyarrow.Schema, pyarrow.Schema) -> pyarrow.Schema
+    """The schema to read a file of a set with (``schema``: its own, from its footer): the
+    set's ``unified`` types and column order, with the file's own metadata (pandas' index
+    and per-column dtypes there describe the file's own values, which fit them)."""
+    import pyarrow as pa
+
+    return pa.schema(list(unified), metadata=schema.metadata)
+
+
+def _is_string(t) -> bool:
+    import pyarrow.types as pat
+
+    return pat.is_string(t) or pat.is_large_string(t)
+
+
+def _plain(t):
+    """A dictionary of strings as its value type; other types as they are."""
+    import pyarrow.types as pat
+
+    return t.value_type if pat.is_dictionary(t) and _is_string(t.value_type) else t
+
+
+def _safe_widening(src, dst) -> bool:
+    """Whether reading a column of type ``src`` as ``dst`` keeps every value (see
+    :func:`check_parquet_set`; values out of range still fail the cast when read)."""
+    import pyarrow as pa
+    import pyarrow.types as pat
+
+    if src == dst or pat.is_null(src):
+        return True
+    if pat.is_integer(src):
+        return pat.is_integer(dst) or dst == pa.float64()
+    if pat.is_floating(src):  # float16/32 -> a wider float: every value kept
+        return pat.is_floating(dst) and dst.bit_width >= src.bit_width
+    return _is_string(_plain(src)) and _is_string(dst)
+
+
+def _unify_types(a, b):  # -> pyarrow.DataType | None
+    """The type a column of types ``a`` and ``b`` is read as, or None when they do not unify
+    safely (pyarrow's permissive promotion, restricted by :func:`_safe_widening`)."""
+    if a == b:
+        return a
+    import pyarrow as pa
+
+    # pyarrow does not unify a dictionary with its value type: unify the value types
+    one, other = pa.schema([("c", _plain(a))]), pa.schema([("c", _plain(b))])
+    try:
+        merged = pa.unify_schemas([one, other], promote_options="permissive").field("c").type
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    return merged if _safe_widening(a, merged) and _safe_widening(b, merged) else None
 
 
 def csv_options(files: FileSpec) -> dict:
@@ -146,7 +229,8 @@ def csv_options(files: FileSpec) -> dict:
 def read_table(path: str | Path, files: FileSpec | None = None) -> pd.DataFrame:
     """Read a table (one file, a folder of shards or a glob pattern) with the reading
     options of ``files``; the files of a set are checked (:func:`check_parquet_set`, same
-    CSV columns) and joined in name order, rows numbered 0..N-1 across them.
+    CSV columns) and joined in name order, rows numbered 0..N-1 across them; the Parquet
+    files of a set are each read with the set's unified schema.
 
     Errors (one line, naming the file): see :func:`read_one_file` and :func:`data_files`.
     """
@@ -154,11 +238,10 @@ def read_table(path: str | Path, files: FileSpec | None = None) -> pd.DataFrame:
     if not is_file_set(path):
         return read_one_file(path, files)
     paths = data_files(path, files.format)
-    if table_format(paths[0], files.format) == "parquet":
-        check_parquet_set(paths)
+    unified = check_parquet_set(paths) if table_format(paths[0], files.format) == "parquet" else None
     frames = []
     for p in paths:
-        frame = read_one_file(p, files)
+        frame = read_one_file(p, files, unified=unified)
         if frames:
             check_same_columns(paths[0], list(frames[0].columns), p, list(frame.columns))
             frame = frame[list(frames[0].columns)]
@@ -168,8 +251,11 @@ def read_table(path: str | Path, files: FileSpec | None = None) -> pd.DataFrame:
     return out
 
 
-def read_one_file(path: str | Path, files: FileSpec | None = None, nrows: int | None = None) -> pd.DataFrame:
-    """Read one table file with the reading options of ``files``.
+def read_one_file(
+    path: str | Path, files: FileSpec | None = None, nrows: int | None = None, *, unified=None
+) -> pd.DataFrame:
+    """Read one table file with the reading options of ``files``; a Parquet file of a set
+    with the set's ``unified`` schema (:func:`check_parquet_set`) when given.
 
     Errors (one line, naming the file): no such file, empty file, a file that is not valid
     CSV/Parquet (including truncated gzip), a header that names a column twice (pandas
@@ -187,7 +273,10 @@ def read_one_file(path: str | Path, files: FileSpec | None = None, nrows: int | 
     fmt = table_format(path, files.format)
     try:
         if fmt == "parquet":
-            frame = pd.read_parquet(path)
+            if unified is None:
+                frame = pd.read_parquet(path)
+            else:
+                frame = pd.read_parquet(path, schema=parquet_read_schema(unified, parquet_schema(path)))
         else:
             frame = pd.read_csv(path, **csv_options(files), nrows=nrows)
             if files.header:
@@ -270,6 +359,7 @@ __all__ = [
     "data_files",
     "first_line",
     "is_file_set",
+    "parquet_read_schema",
     "parquet_schema",
     "read_table",
     "require_columns",

@@ -54,7 +54,14 @@ import torch
 from torch import Tensor
 
 from mtlsearch._errors import UserError
-from mtlsearch.data._io import check_parquet_set, data_files, first_line, require_columns, table_format
+from mtlsearch.data._io import (
+    check_parquet_set,
+    data_files,
+    first_line,
+    parquet_read_schema,
+    require_columns,
+    table_format,
+)
 from mtlsearch.data._preprocess import Preprocessor
 from mtlsearch.data._spec import DEFAULT_SHUFFLE_BUFFER, DatasetSpec, FileSpec
 from mtlsearch.data._tensors import MTLDataset, TensorSplit
@@ -104,8 +111,9 @@ class StreamSplit:
     ``path``, encoded per record batch by ``preprocessor``; tensors as :class:`TensorSplit`'s.
 
     Errors (one line, naming the file; raised when the files are listed, or while reading):
-    an empty folder or glob, a corrupt or truncated Parquet file, a shard whose columns or
-    types differ from the first file's, a file without a column the preprocessor reads.
+    an empty folder or glob, a corrupt or truncated Parquet file, a shard whose columns differ
+    from the first file's or whose types do not unify with the others' (the files are read
+    with the set's unified schema), a file without a column the preprocessor reads.
     """
 
     def __init__(
@@ -142,8 +150,7 @@ class StreamSplit:
     def _parquet_units(self) -> tuple[int, list[tuple[str, int | None]], list[int]]:
         import pyarrow.parquet as pq
 
-        check_parquet_set(self.paths)  # every footer readable, one schema (names and types)
-        schema = pq.read_schema(self.paths[0])
+        schema = check_parquet_set(self.paths)  # every footer readable, one schema (unified types)
         require_columns(pd.DataFrame(columns=schema.names), self.columns, str(self.paths[0]), "a model input")
         rows, units, sizes = 0, [], []
         for p in self.paths:
@@ -233,17 +240,17 @@ class StreamSplit:
             return lambda i: iter_frames(self._units[i][0], self.files, self.columns, self.read_rows)
         import pyarrow.dataset as pds
 
-        check_parquet_set(self.paths)  # again each pass: a shard replaced or truncated since
-        fragments = {
-            str(Path(f.path)): f
-            for f in pds.dataset([str(p) for p in self.paths], format="parquet").get_fragments()
-        }
+        unified = check_parquet_set(self.paths)  # again each pass: a shard replaced or truncated since
+        dataset = pds.dataset([str(p) for p in self.paths], format="parquet", schema=unified)
+        fragments = {str(Path(f.path)): f for f in dataset.get_fragments()}
 
         def read(i: int) -> Iterator[tuple[pd.DataFrame, str]]:
             path, group = self._units[i]
             try:
-                piece = fragments[str(Path(path))].subset(row_group_ids=[group])
-                for batch in piece.to_batches(columns=self.columns, batch_size=self.read_rows):
+                fragment = fragments[str(Path(path))]
+                piece = fragment.subset(row_group_ids=[group])
+                target = parquet_read_schema(unified, fragment.physical_schema)
+                for batch in piece.to_batches(schema=target, columns=self.columns, batch_size=self.read_rows):
                     if batch.num_rows:
                         yield batch.to_pandas(), path
             except UserError:

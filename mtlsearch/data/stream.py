@@ -2,7 +2,8 @@
 
 :func:`iter_frames` reads a table path (one file, a folder of shards, a glob; see
 :mod:`mtlsearch.data._io`) batch by batch: Parquet through ``pyarrow.dataset`` (one fragment
-per file, so an error names the file), CSV through pandas' chunked reader with the spec's
+per file, so an error names the file; every file read with the set's unified schema, see
+:func:`mtlsearch.data._io.check_parquet_set`), CSV through pandas' chunked reader with the spec's
 reading options (pyarrow's CSV reader has no ``skipinitialspace`` and infers types and
 missing markers differently, so the in-memory and streaming paths would parse differently).
 
@@ -36,6 +37,7 @@ from mtlsearch.data._io import (
     csv_options,
     data_files,
     first_line,
+    parquet_read_schema,
     read_one_file,
     require_columns,
     table_format,
@@ -75,8 +77,9 @@ def iter_frames(
     """``(frame, file)`` per record batch of the table at ``path``, in file and row order;
     only ``columns`` when given. A frame's index numbers its rows within its file (so a
     message's "data row" is the file's). Errors (one line, naming the file): see
-    :func:`mtlsearch.data._io.data_files`, a shard whose columns or types differ from the
-    first file's, a corrupt or truncated file, a file without the named columns."""
+    :func:`mtlsearch.data._io.data_files`, a shard whose columns differ from the first
+    file's or whose types do not unify with the others', a corrupt or truncated file, a file
+    without the named columns."""
     files = files or FileSpec(path=str(path))
     paths = data_files(path, files.format)
     if table_format(paths[0], files.format) == "parquet":
@@ -90,8 +93,8 @@ def _parquet_frames(
 ) -> Iterator[tuple[pd.DataFrame, str]]:
     import pyarrow.dataset as pds
 
-    check_parquet_set(paths)  # every footer readable, one schema (names and types)
-    dataset = pds.dataset([str(p) for p in paths], format="parquet")
+    unified = check_parquet_set(paths)  # every footer readable, one schema (names, unified types)
+    dataset = pds.dataset([str(p) for p in paths], format="parquet", schema=unified)
     if columns is not None:
         require_columns(
             pd.DataFrame(columns=dataset.schema.names), columns, str(paths[0]), "named in the spec"
@@ -99,7 +102,8 @@ def _parquet_frames(
     for fragment in dataset.get_fragments():
         source, start, empty = fragment.path, 0, True
         try:
-            for batch in fragment.to_batches(columns=list(columns) if columns is not None else None,
+            for batch in fragment.to_batches(schema=parquet_read_schema(unified, fragment.physical_schema),
+                                             columns=list(columns) if columns is not None else None,
                                              batch_size=batch_rows):  # fmt: skip
                 if batch.num_rows == 0:
                     continue
