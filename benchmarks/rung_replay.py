@@ -86,6 +86,7 @@ class Trial:
     epoch_cost: tuple[float, ...]  # cumulative seconds from the trial's start to each epoch's end
     cost: float  # start to finish
     gap: float  # seconds between the previous trial's finish (or the clock's start) and its start
+    params: tuple[tuple[str, Any], ...] = ()  # the trial's sampled parameters, as recorded
 
 
 def load_runs(paths: Sequence[Path]) -> list[dict[str, Any]]:
@@ -127,6 +128,7 @@ def trials_of(run: dict[str, Any]) -> list[Trial]:
                 epoch_cost=tuple(e - t["start_s"] for e in ends),
                 cost=t["finish_s"] - t["start_s"],
                 gap=max(0.0, t["start_s"] - last_finish),
+                params=tuple(sorted((t.get("params") or {}).items())),
             )
         )
         last_finish = t["finish_s"]
@@ -308,6 +310,50 @@ def table(
     return lines
 
 
+def lost_front(runs: Sequence[dict[str, Any]], a: argparse.Namespace) -> list[str]:
+    """The trials of full TPE's front (after ``--target-trials``) that MOASHA with the
+    package's defaults (r = 1, eta = 3, current values) stops, in the recorded order: where,
+    their values there and their results, the distance to the nearest other front point,
+    the learning rate and batch size."""
+    lines = [
+        "#### Front trials stopped by r = 1, eta = 3, current values (the defaults), recorded order",
+        "",
+        "| seed | trial | stopped at rung (epoch) | values there | result | nearest other front point "
+        "(AUC apart, larger of the two tasks) | lr | batch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in sorted(runs, key=lambda r: r["seed"]):
+        trials = trials_of(run)
+        epochs = max(len(t.curve) for t in trials)
+        rungs = rung_epochs(1, 3, epochs)
+        n = min(a.target_trials, len(trials))
+        best = [tuple(v) for v in sc.front([t.values for t in trials[:n]])]
+        rep = replay(trials, epochs, 1, 3, "current")
+        where = {number: k for k, numbers in rep.stopped.items() for number in numbers}
+        for t in trials[:n]:
+            if tuple(t.values) not in best or t.number not in where:
+                continue
+            k = where[t.number]
+            others = [p for p in best if p != tuple(t.values)]
+            apart = min(
+                (max(abs(p[0] - t.values[0]), abs(p[1] - t.values[1])) for p in others), default=math.nan
+            )
+            params = dict(t.params)
+            lr = params.get("training.lr")
+            cells = [
+                str(run["seed"]),
+                str(t.number),
+                f"{k} ({rungs[k]})",
+                ", ".join(f"{v:.4f}" for v in t.curve[rungs[k] - 1]),
+                ", ".join(f"{v:.4f}" for v in t.values),
+                f"{apart:.2g}",
+                "-" if lr is None else f"{lr:.2g}",
+                str(params.get("training.batch_size", "-")),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -352,6 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]  # fmt: skip
     lines += [*table(runs, a, sc.NO_SKILL, "AUC 0.5 reference"), ""]
     lines += [*table(runs, a, zoom, f"zoomed reference {zoom}"), ""]
+    lines += [*lost_front(runs, a), ""]
     text = "\n".join(lines)
     print(text)
     if a.out:
