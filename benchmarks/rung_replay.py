@@ -313,13 +313,14 @@ def table(
 def lost_front(runs: Sequence[dict[str, Any]], a: argparse.Namespace) -> list[str]:
     """The trials of full TPE's front (after ``--target-trials``) that MOASHA with the
     package's defaults (r = 1, eta = 3, current values) stops, in the recorded order: where,
-    their values there and their results, the distance to the nearest other front point,
-    the learning rate and batch size."""
+    their values there and their results, its *margin* (the smallest raise of both AUCs
+    that lets another point of the front dominate it: what the rest of the front lacks
+    without it), the learning rate and batch size."""
     lines = [
         "#### Front trials stopped by r = 1, eta = 3, current values (the defaults), recorded order",
         "",
-        "| seed | trial | stopped at rung (epoch) | values there | result | nearest other front point "
-        "(AUC apart, larger of the two tasks) | lr | batch |",
+        "| seed | trial | stopped at rung (epoch) | values there | result | margin over the rest of "
+        "the front (AUC) | lr | batch |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for run in sorted(runs, key=lambda r: r["seed"]):
@@ -335,9 +336,7 @@ def lost_front(runs: Sequence[dict[str, Any]], a: argparse.Namespace) -> list[st
                 continue
             k = where[t.number]
             others = [p for p in best if p != tuple(t.values)]
-            apart = min(
-                (max(abs(p[0] - t.values[0]), abs(p[1] - t.values[1])) for p in others), default=math.nan
-            )
+            margin = min((max(t.values[0] - p[0], t.values[1] - p[1]) for p in others), default=math.nan)
             params = dict(t.params)
             lr = params.get("training.lr")
             cells = [
@@ -346,7 +345,7 @@ def lost_front(runs: Sequence[dict[str, Any]], a: argparse.Namespace) -> list[st
                 f"{k} ({rungs[k]})",
                 ", ".join(f"{v:.4f}" for v in t.curve[rungs[k] - 1]),
                 ", ".join(f"{v:.4f}" for v in t.values),
-                f"{apart:.2g}",
+                f"{margin:.2g}",
                 "-" if lr is None else f"{lr:.2g}",
                 str(params.get("training.batch_size", "-")),
             ]

@@ -123,9 +123,9 @@ def test_the_command_prints_the_rows_and_refuses_a_file_without_full_tpe_in_one_
     out = _cli(*common, "--target-trials", "4")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| 1 | 3 | current | 1 | never | never | 0 of 1 | 1 | 1 of 3 | 0.84 |" in out.stdout, out.stdout
-    # the front trial the defaults stop: #1 at rung 0 (epoch 1); nearest front point #2,
-    # max(|0.88 - 0.87|, |0.90 - 0.94|) = 0.04 apart; no parameters recorded
-    assert "| 0 | 1 | 0 (1) | 0.7000, 0.8500 | 0.8800, 0.9000 | 0.04 | - | - |" in out.stdout, out.stdout
+    # the front trial the defaults stop: #1 at rung 0 (epoch 1); its margin: #2 dominates it
+    # once raised by max(0.88 - 0.87, 0.90 - 0.94) = 0.01 (#3 by 0.03); no parameters recorded
+    assert "| 0 | 1 | 0 (1) | 0.7000, 0.8500 | 0.8800, 0.9000 | 0.01 | - | - |" in out.stdout, out.stdout
     out = _cli(*common, "--target-trials", "4", "--auc-tolerance", "0.01")
     assert "| 1 | 3 | current | 1 | 0.84 | 0.84 | 0 of 1 | 1 | 1 of 3 | 0.84 |" in out.stdout, out.stdout
 
