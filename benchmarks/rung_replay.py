@@ -350,6 +350,8 @@ def lost_front(runs: Sequence[dict[str, Any]], a: argparse.Namespace) -> list[st
                 str(params.get("training.batch_size", "-")),
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    if len(lines) == 4:
+        lines[2:] = ["none"]
     return lines
 
 
@@ -377,6 +379,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')}: every value must be >= {low}")
     if a.target_trials < 1 or a.shuffles < 0 or not 0 <= a.auc_tolerance < 0.5:
         p.error("--target-trials must be >= 1, --shuffles >= 0 and --auc-tolerance in [0, 0.5)")
+    if a.zoom_margin < 0:
+        _fail(f"--zoom-margin: must be >= 0 (AUC below the fronts' worst), got {a.zoom_margin}")
+    if a.out is not None and not a.out.parent.is_dir():
+        _fail(f"--out: no folder {a.out.parent}")
     return a
 
 
@@ -387,21 +393,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(set(seeds)) != len(seeds):
         _fail(f"two full TPE runs of one seed among the inputs (seeds {sorted(seeds)})")
     zoom = sc.zoom_reference(runs, a.zoom_margin)
+    epochs = max(len(t.curve) for r in runs for t in trials_of(r))
+    bare = sorted({r for r in a.min_epochs for eta in a.eta if not rung_epochs(r, eta, epochs)})
+    if len(bare) == len(set(a.min_epochs)):
+        _fail(f"no setting has a rung below the runs' last epoch ({epochs}): --min-epochs must be < {epochs}")
+    short = [f"{r['seed']}: {len(sc._complete(r))}" for r in runs if len(sc._complete(r)) < a.target_trials]
     lines = [
         "- date: " + dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         + f"; machine: {platform.machine()}; command: `benchmarks/rung_replay.py "
         + " ".join(sys.argv[1:] if argv is None else argv) + "`",
         f"- replayed: full TPE runs, seeds {sorted(seeds)}; complete trials per seed: "
         + ", ".join(f"{r['seed']}: {len(sc._complete(r))}" for r in sorted(runs, key=lambda r: r["seed"])),
-        "",
     ]  # fmt: skip
+    if short:
+        lines.append(
+            f"- full TPE finished fewer than {a.target_trials} trials on seeds {', '.join(short)}: "
+            "the target is its hypervolume after its last"
+        )
+    if bare:
+        lines.append(f"- no rung below the last epoch ({epochs}) with --min-epochs {bare}: not replayed")
+    lines.append("")
     lines += [*table(runs, a, sc.NO_SKILL, "AUC 0.5 reference"), ""]
     lines += [*table(runs, a, zoom, f"zoomed reference {zoom}"), ""]
     lines += [*lost_front(runs, a), ""]
     text = "\n".join(lines)
     print(text)
     if a.out:
-        a.out.write_text(text)
+        a.out.write_text(text + "\n")
     return 0
 
 

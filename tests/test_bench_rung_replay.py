@@ -129,6 +129,21 @@ def test_the_command_prints_the_rows_and_refuses_a_file_without_full_tpe_in_one_
     out = _cli(*common, "--target-trials", "4", "--auc-tolerance", "0.01")
     assert "| 1 | 3 | current | 1 | 0.84 | 0.84 | 0 of 1 | 1 | 1 of 3 | 0.84 |" in out.stdout, out.stdout
 
+    # r = 1 and 2 replayed, r = 3 (the last epoch) named; the 50-trial target is after the last
+    out = _cli("--from-json", str(path), "--eta", "2", "--min-epochs", "1", "2", "3")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "- full TPE finished fewer than 50 trials on seeds 0: 4: the target" in out.stdout
+    assert "- no rung below the last epoch (3) with --min-epochs [3]: not replayed" in out.stdout
+    assert "| 2 | 2 | current | 2 |" in out.stdout and "| 3 | 2 |" not in out.stdout
+    for args, says in (
+        (["--min-epochs", "3"], "no setting has a rung below the runs' last epoch (3)"),
+        (["--out", str(tmp_path / "no" / "x.md")], "--out: no folder"),
+        (["--zoom-margin", "-1"], "--zoom-margin: must be >= 0"),
+    ):
+        bad = _cli("--from-json", str(path), *args)
+        assert bad.returncode == 2 and says in bad.stderr and len(bad.stderr.strip().splitlines()) <= 2, (
+            bad.stderr
+        )
     moasha_only = tmp_path / "moasha.json"
     moasha_only.write_text(
         json.dumps({"runs": [{**RUN, "strategy": "tpe+moasha", "pruning": {"method": "moasha"}}]})

@@ -176,6 +176,44 @@ def test_at_rung_0_a_dominated_trial_stops_and_a_non_dominated_one_goes_on(tmp_p
     assert replay(trials, OBJS, 3) == []
 
 
+def test_a_named_reference_is_never_stopped_and_its_values_still_count(tmp_path):
+    study = _rung0_study(
+        tmp_path, [(TrialState.COMPLETE, [0.90, 0.20]), (TrialState.COMPLETE, [0.80, 0.30])],
+        epoch_values=[[0.9, 0.1]] * 3,
+    )  # fmt: skip
+    reference = study.ask()
+    reference.set_user_attr("preset", "single_task")  # as --references enqueues it
+    cb = PruningCallback(reference, OBJS, make_pruning(MOASHA), epochs=9)
+    cb(_Report(0, 0.10, 9.0))  # the worst of 3 at rung 0: quota ceil(3/3) = 1, yet it goes on
+    cb(_Report(1, 0.10, 9.0))
+    cb(_Report(2, 0.10, 9.0))  # rung 1 (epoch 3): alone there, goes on anyway
+    attrs = study.get_trials()[2].user_attrs
+    assert [(d["rung"], d["seen"], d["decision"], d.get("reference")) for d in attrs["rung_decisions"]] == [
+        (0, [0, 1, 2], "continue", True),
+        (1, [2], "continue", True),
+    ]
+    assert "stopped_rung" not in attrs and "pruned_reason" not in attrs
+    study.tell(reference, [0.10, 9.0])
+    # its rung-0 values count for the next trial, which ranks 3rd of 4 (quota 2): stopped
+    later = PruningCallback(study.ask(), OBJS, make_pruning(MOASHA), epochs=9)
+    with pytest.raises(optuna.TrialPruned, match=r"ranked 3 of 4"):
+        later(_Report(0, 0.50, 1.0))
+    study.tell(later.trial, state=TrialState.PRUNED)
+    assert replay(study.get_trials(), OBJS, 3) == []
+    # the dominance rule, which would stop the same trial at epoch 2 (three finished trials
+    # better at every epoch), leaves a reference alone too
+    rule = DominancePruning(margin=0.01, min_dominating=1, warmup=1)
+    plain = PruningCallback(study.ask(), OBJS, rule, epochs=3)
+    plain(_Report(0, 0.1, 9.0))
+    with pytest.raises(optuna.TrialPruned):
+        plain(_Report(1, 0.1, 9.0))
+    named = study.ask()
+    named.set_user_attr("preset", "mmoe")
+    kept = PruningCallback(named, OBJS, rule, epochs=3)
+    for e in range(3):
+        kept(_Report(e, 0.1, 9.0))
+
+
 def test_nothing_is_stopped_at_the_last_epoch_by_any_rule(tmp_path):
     # four finished trials, better on both tasks at every epoch (the dominance rule reads these)
     study = _rung0_study(tmp_path, [(TrialState.COMPLETE, [0.9, 0.1])] * 4, epoch_values=[[0.9, 0.1]] * 3)

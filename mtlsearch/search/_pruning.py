@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 from mtlsearch._errors import UserError
 from mtlsearch.search._objectives import Objective
 from mtlsearch.search._rungs import PRUNED_REASON_ATTR, MOASHAPruning
+from mtlsearch.search._storage import PRESET_ATTR
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,9 @@ class EpochState:
     """What a rule sees after one epoch: the trial, the 0-based ``epoch``, the task-objective
     ``values`` at that epoch (in the order of ``objectives``, task objectives only), the
     trial's epoch budget ``epochs`` (None: unknown) and the finished trials' per-epoch
-    vectors (read lazily, once per trial)."""
+    vectors (read lazily, once per trial). ``reference``: the trial is a named reference
+    architecture (``--references``), which no rule stops (the comparison with it must be
+    complete); a rule may still record what it saw."""
 
     trial: optuna.Trial
     epoch: int
@@ -53,10 +56,12 @@ class EpochState:
     epochs: int | None
     objectives: Sequence[Objective]
     finished: Callable[[], list[list[list[float]]]] = field(default=lambda: [])
+    reference: bool = False
 
 
 class PruningRule(Protocol):
-    """A pruning rule: ``check`` returns a one-line reason to stop the trial, or None."""
+    """A pruning rule: ``check`` returns a one-line reason to stop the trial, or None (always
+    None for a reference trial, ``state.reference``)."""
 
     method: ClassVar[str]
 
@@ -128,6 +133,8 @@ class DominancePruning:
         return n >= self.min_dominating, n
 
     def check(self, state: EpochState) -> str | None:
+        if state.reference:
+            return None
         prune, n = self.should_prune(state.epoch, state.values, state.finished(), state.objectives)
         if not prune:
             return None
@@ -186,6 +193,8 @@ class PruningCallback:
         self.epochs = epochs
         self.history: list[list[float]] = []
         self._finished: list[list[list[float]]] | None = None
+        # a named reference architecture trains its whole budget whatever the rule says
+        self.reference = rule is not None and bool(trial.user_attrs.get(PRESET_ATTR))
 
     def _finished_histories(self) -> list[list[list[float]]]:
         if self._finished is None:  # read once per trial: finished trials do not change
@@ -202,10 +211,16 @@ class PruningCallback:
         if self.epochs is not None and report.epoch + 1 >= self.epochs:
             return  # the last epoch: the result is complete, keep it
         state = EpochState(
-            self.trial, report.epoch, values, self.epochs, self.objectives, self._finished_histories
+            self.trial,
+            report.epoch,
+            values,
+            self.epochs,
+            self.objectives,
+            self._finished_histories,
+            reference=self.reference,
         )
         reason = self.rule.check(state)
-        if reason is not None:
+        if reason is not None and not self.reference:
             logger.debug("trial %d pruned: %s", self.trial.number, reason)  # the worker logs it at INFO
             self.trial.set_user_attr(PRUNED_REASON_ATTR, reason)
             raise optuna.TrialPruned(reason)

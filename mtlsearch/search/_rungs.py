@@ -44,6 +44,12 @@ Small ``n``
     continuing: a trial continued by mistake costs epochs, one stopped by mistake may lose
     a front point for good.
 
+References
+    A named reference architecture (``--references``: the trial's ``preset`` attribute) is
+    never stopped: the comparison of the front with the references must be complete. It
+    records its rung values (they count in other trials' rankings) and its decisions, as
+    ``continue`` with ``"reference": true``.
+
 Every decision is recorded in the trial's ``rung_decisions`` (rung, 1-based epoch, values,
 the trial numbers seen in arrival order, ``continue`` | ``stop``), so :func:`replay` can
 recompute each one in a single process from the storage alone.
@@ -346,13 +352,16 @@ class MOASHAPruning:
             seen.append((trial.number, recorded[key]))
         signs = [o.sign() for o in state.objectives]
         decision = decide(trial.number, seen, signs, self.eta, rung, epoch)
-        history = [*(attrs.get(RUNG_DECISIONS_ATTR) or []), decision.to_attr()]
+        entry = decision.to_attr()
+        if state.reference:  # a named reference goes on whatever its rank (its values still count)
+            entry.update(decision="continue", reference=True)
+        history = [*(attrs.get(RUNG_DECISIONS_ATTR) or []), entry]
         trial.set_user_attr(RUNG_DECISIONS_ATTR, history)
         logger.debug(
             "trial %d at rung %d (epoch %d): %s, position %d of %d, quota %d",
             trial.number, rung, epoch, decision.decision, decision.position + 1, len(seen), decision.quota,
         )  # fmt: skip
-        if decision.goes_on:
+        if decision.goes_on or state.reference:
             return None
         trial.set_user_attr(STOPPED_RUNG_ATTR, rung)
         return decision.reason()
@@ -374,6 +383,7 @@ def replay(
             key = str(entry["rung"])
             seen = [(n, by_number[n].user_attrs[RUNG_VALUES_ATTR][key]) for n in entry["seen"]]
             again = decide(t.number, seen, signs, eta, entry["rung"], entry["epoch"])
-            if again.decision != entry["decision"] or list(again.values) != list(entry["values"]):
+            expected = "continue" if entry.get("reference") else again.decision  # references go on
+            if expected != entry["decision"] or list(again.values) != list(entry["values"]):
                 wrong.append((t.number, entry, again.decision))
     return wrong
