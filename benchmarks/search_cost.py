@@ -232,8 +232,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--data-dir",
         type=Path,
-        default=os.environ.get("MTLSEARCH_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data",
-        help="folder holding census-income-kdd/ (default: $MTLSEARCH_SHARED_DATA or ../shared/data)",
+        default=os.environ.get("MTLSEARCH_DATA")  # the rule of mtlsearch.data's data_dirs, without
+        or os.environ.get("MTLSEARCH_SHARED_DATA")  # importing torch for --help and --from-json
+        or REPO_ROOT.parent / "shared" / "data",
+        help="folder holding census-income-kdd/ (default: $MTLSEARCH_DATA, or its alias "
+        "$MTLSEARCH_SHARED_DATA when unset, else ../shared/data)",
     )
     p.add_argument("--out-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     p.add_argument(
@@ -252,6 +255,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if not 0 <= a.auc_tolerance < 0.5:
         p.error(f"--auc-tolerance: must be in [0, 0.5), got {a.auc_tolerance}")
+    if a.zoom_margin < 0:
+        p.error(f"--zoom-margin: must be >= 0 (AUC below the fronts' worst), got {a.zoom_margin}")
     return a
 
 

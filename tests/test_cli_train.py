@@ -148,10 +148,10 @@ def test_baselines_says_which_model_and_seed_it_trains(tmp_path):
     assert proc.returncode == 0, proc.stderr
     said = [line for line in proc.stderr.splitlines() if ": training " in line]
     assert [line.split(": ", 1)[1] for line in said] == [
-        "training single_task (2 models: y1, y2), seed 0 (run 1 of 4, 1 threads)",
-        "training mmoe, seed 0 (run 2 of 4, 1 threads)",
-        "training single_task (2 models: y1, y2), seed 1 (run 3 of 4, 1 threads)",
-        "training mmoe, seed 1 (run 4 of 4, 1 threads)",
+        "training single_task (2 models: y1, y2), seed 0 (run 1 of 4, 1 thread)",
+        "training mmoe, seed 0 (run 2 of 4, 1 thread)",
+        "training single_task (2 models: y1, y2), seed 1 (run 3 of 4, 1 thread)",
+        "training mmoe, seed 1 (run 4 of 4, 1 thread)",
     ]
 
 

@@ -185,6 +185,70 @@ def test_front_lists_full_fidelity_trials_and_counts_the_stopped_ones(stored, mo
     assert [r.trial for r in front_table(stored.study, OBJECTIVES)] == [0, 1]
 
 
+def test_trial_says_why_and_where_a_stopped_trial_stopped_and_its_epoch_values(stored, monkeypatch, capsys):
+    """``mtlsearch trial`` on a PRUNED trial: its reason, rung and epoch, its values there
+    and its validation values after every epoch it trained (the task objectives, in order)."""
+
+    def show(number):
+        code, out, err = _main(
+            monkeypatch,
+            capsys,
+            stored.folder,
+            "trial",
+            str(number),
+            "--study",
+            "moasha",
+            "--storage",
+            stored.storage,
+        )
+        assert code == 0, err
+        return out
+
+    out = show(5)
+    assert "trial 5 of moasha: PRUNED" in out
+    assert "pruned_reason: stopped at rung 1 (epoch 3): dominated by trials 0, 1 among 3 seen" in out
+    assert "stopped at rung 1 (epoch 3): validation a:auc 0.7700, b:auc 0.8200" in out
+    table = out.split("trial 5: validation after each epoch (3 epochs, stopped early)")[1]
+    rows = re.findall(r"^\s*│?\s*(\d)\s+│\s*([\d.]+)\s+│\s*([\d.]+)\s+│\s*(.*?)\s*│?$", table, flags=re.M)
+    assert [r[:3] for r in rows] == [
+        ("1", "0.7500", "0.8000"),
+        ("2", "0.7600", "0.8100"),
+        ("3", "0.7700", "0.8200"),
+    ]
+    assert [r[3] for r in rows] == ["rung 0: continue (2 seen)", "", "rung 1: stop (3 seen)"]
+    header = table.split("epoch")[1].splitlines()[0]
+    assert header.index("a:auc") < header.index("b:auc") and "params" not in header  # task objectives only
+
+    out = show(3)  # one epoch, stopped at rung 0
+    assert "stopped at rung 0 (epoch 1): validation a:auc 0.9900, b:auc 0.9900" in out
+    assert "validation after each epoch (1 epoch, stopped early)" in out
+
+    out = show(6)  # the dominance rule: a reason, no rung
+    assert "pruned_reason: dominated at epoch 1 by 3 finished trials" in out
+    assert "stopped after epoch 2" in out and "rung" not in out.replace("pruned_reason", "")
+    assert re.search(r"^\s*│?\s*2\s+│\s*0\.6100\s+│\s*0\.6100", out, flags=re.M)
+
+
+def test_a_one_member_front_and_one_stopped_trial_are_counted_in_the_singular(tmp_path, monkeypatch, capsys):
+    from mtlsearch.cli._common import count
+
+    assert [count(n, "trial") for n in (0, 1, 2)] == ["0 trials", "1 trial", "2 trials"]
+    storage = f"sqlite:///{tmp_path / 'one.db'}"
+    study = optuna.create_study(
+        study_name="one", storage=storage, directions=["maximize", "maximize", "minimize"]
+    )
+    settings = SearchSettings(
+        space_text="levels: 1\n", space_source="space.yaml", dataset="synthetic", n_trials=2
+    )
+    study.set_user_attr("mtlsearch", settings.to_json())
+    study.set_user_attr("objectives", to_dict(OBJECTIVES))
+    study.add_trial(_completed([0.84, 0.94, 1000], _path(0.80, 0.90, EPOCHS)))
+    study.add_trial(_stopped([[0.70, 0.75]], 0, decisions=[_decision(0, 1, [0.70, 0.75], "stop")]))
+    code, out, err = _main(monkeypatch, capsys, tmp_path, "front", "--study", "one", "--storage", storage)
+    assert code == 0, err
+    assert "Pareto front of one (1 trial)" in out and "stopped early: 1 trial, at rung 0" in out
+
+
 def test_export_picks_only_full_fidelity_trials(stored):
     """``export`` chooses through pick_trial: a stopped trial is never the pick."""
     assert pick_trial(stored.study, "knee", OBJECTIVES).trial.number in (0, 1)

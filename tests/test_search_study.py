@@ -199,7 +199,7 @@ def test_pruning_callback_stops_a_dominated_trial_and_not_one_on_the_front(tmp_p
 
     dominated = PruningCallback(study.ask(), OBJS, rule)
     dominated(_Report(0, 0.6, 0.9))  # warm-up
-    with pytest.raises(optuna.TrialPruned, match="dominated at epoch 1 by 3"):
+    with pytest.raises(optuna.TrialPruned, match="dominated at epoch 2 by 3"):  # 1-based: the second epoch
         dominated(_Report(1, 0.80, 0.40))
     assert dominated.trial.user_attrs[EPOCH_ATTR] == [[0.6, 0.9], [0.80, 0.40]]
 

@@ -19,6 +19,11 @@ logger = logging.getLogger("mtlsearch")
 PIPE_WIDTH = 1000
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 trial``, ``0 trials``, ``3 trials``: a count with its noun in the right number."""
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"
+
+
 def console(stderr: bool = False) -> Console:
     """Rich's console on a terminal; piped or captured output gets :data:`PIPE_WIDTH` columns,
     so ``mtlsearch front | cat`` shows ``income:auc``, not ``income:a…``."""

@@ -35,7 +35,7 @@ from pathlib import Path
 import typer
 
 from mtlsearch._errors import UserError
-from mtlsearch.cli._common import available_cores
+from mtlsearch.cli._common import available_cores, count
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def launch(nproc: int, threads: int | None, argv: Sequence[str] | None = None) -
     n = rank_threads(threads, nproc)
     if threads is None:
         args += ["--threads", str(n)]
-    logger.info("starting %d processes (DDP), %d threads each", nproc, n)
+    logger.info("starting %d processes (DDP), %s each", nproc, count(n, "thread"))
     folder = Path(tempfile.mkdtemp(prefix="mtlsearch-ranks-"))
     try:
         with _environ({"OMP_NUM_THREADS": str(n), ERRORS_ENV: str(folder)}), _quiet_agent():

@@ -19,6 +19,7 @@ from mtlsearch.cli._common import (
     check_device_flag,
     check_precision_flag,
     check_spec_path,
+    count,
     device_option,
     max_rows_option,
     precision_option,
@@ -220,7 +221,7 @@ def _failure_summary(study: optuna.Study) -> str | None:
     return (
         f"every trial of study {study.study_name} failed ({sum(len(v) for v in kinds.values())}): "
         + "; ".join(parts[:5])
-        + (f"; and {len(parts) - 5} other kinds" if len(parts) > 5 else "")
+        + (f"; and {count(len(parts) - 5, 'other kind')}" if len(parts) > 5 else "")
         + " — tracebacks in each trial's fail_traceback attribute, or run with -v"
     )
 
@@ -550,7 +551,7 @@ def _stopped_line(trials: list[FrozenTrial]) -> str | None:
         return None
     at = rung_text(rung_counts(trials))
     return (
-        f"stopped early: {n} trial{'s' * (n != 1)}" + (f", at {at}" if at else "")
+        f"stopped early: {count(n, 'trial')}" + (f", at {at}" if at else "")
         + "; the front holds completed (full-fidelity) trials only"
     )  # fmt: skip
 
@@ -567,7 +568,7 @@ def _print_front(study: optuna.Study, objectives: Any) -> None:
             out.print(stopped, markup=False, highlight=False)
         return
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    table = Table(title=f"Pareto front of {study.study_name} ({len(rows)} trials)")
+    table = Table(title=f"Pareto front of {study.study_name} ({count(len(rows), 'trial')})")
     table.add_column("trial", justify="right")
     table.add_column("model")
     for o in objectives:
@@ -619,7 +620,8 @@ def trial(
     storage: str | None = typer.Option(None, "--storage", help=_STORAGE_HELP),
 ) -> None:
     """Print one trial: its state, objective values, config YAML (architecture + training)
-    and validation/test metrics."""
+    and validation/test metrics; for a trial stopped early, why and where it stopped and its
+    validation values after each epoch it trained."""
     from mtlsearch._yaml import dump_yaml
     from mtlsearch.search import CONFIG_ATTR, default_storage_url, describe_config, load_study, objectives_of
 
@@ -637,13 +639,18 @@ def trial(
     out.print(" · ".join(head), markup=False, highlight=False)
     if attrs.get("fail_reason"):
         out.print(f"fail_reason: {attrs['fail_reason']}", markup=False, highlight=False)
+    objectives = objectives_of(study)
     if t.values:
-        names = [o.name for o in objectives_of(study)]
+        names = [o.name for o in objectives]
         out.print(
             "objectives: " + ", ".join(f"{n} {v:.6g}" for n, v in zip(names, t.values, strict=False)),
             markup=False,
             highlight=False,
         )
+    task_names = [o.name for o in objectives if not o.is_cost]
+    if t.state == TrialState.PRUNED:
+        for line in _stop_lines(t, task_names):
+            out.print(line, markup=False, highlight=False)
     if CONFIG_ATTR in attrs:
         out.print(f"config ({describe_config(attrs[CONFIG_ATTR])}):", markup=False, highlight=False)
         out.print(dump_yaml(attrs[CONFIG_ATTR]).rstrip(), markup=False, highlight=False)
@@ -657,6 +664,76 @@ def trial(
                 tv = (test.get(task) or {}).get(m)
                 table.add_row(task if i == 0 else "", m, f"{v:.4f}", "-" if tv is None else f"{tv:.4f}")
         out.print(table)
+    elif attrs.get("epoch_values"):  # stopped early (or still running): the metrics it has
+        out.print(_epoch_table(t, task_names))
+
+
+def _number(v: Any) -> str:
+    try:
+        return f"{float(v):.4f}"
+    except (TypeError, ValueError):
+        return "-"
+
+
+def _values_text(names: list[str], values: Any) -> str:
+    """``a:auc 0.7700, b:auc 0.8200`` (the task objectives' values, in the study's order)."""
+    if not isinstance(values, list):
+        return ""
+    if len(values) != len(names):
+        return ", ".join(_number(v) for v in values)
+    return ", ".join(f"{n} {_number(v)}" for n, v in zip(names, values, strict=True))
+
+
+def _stop_lines(t: FrozenTrial, task_names: list[str]) -> list[str]:
+    """Why and where a PRUNED trial stopped: its ``pruned_reason`` and, when it stopped at a
+    MOASHA rung, the rung, its epoch and the task objectives' validation values there."""
+    from mtlsearch.tracking._summary import stop_decision, stopped_rung
+
+    attrs = t.user_attrs
+    lines = [f"pruned_reason: {attrs.get('pruned_reason') or '(none recorded)'}"]
+    rung = stopped_rung(t)
+    if rung is not None:
+        decision = stop_decision(t) or {}
+        values = decision.get("values")
+        if values is None:
+            values = (attrs.get("rung_values") or {}).get(str(rung))
+        epoch = decision.get("epoch")
+        where = f"stopped at rung {rung}" + (f" (epoch {epoch})" if isinstance(epoch, int) else "")
+        there = _values_text(task_names, values)
+        lines.append(where + (f": validation {there}" if there else ""))
+    else:
+        epochs = attrs.get("epoch_values")
+        if isinstance(epochs, list) and epochs:
+            lines.append(f"stopped after epoch {len(epochs)}")
+    return lines
+
+
+def _epoch_table(t: FrozenTrial, task_names: list[str]) -> Table:
+    """The task objectives' validation values after each epoch (user attr ``epoch_values``),
+    with the MOASHA decision taken at each rung epoch."""
+    rows = [v if isinstance(v, list) else [] for v in t.user_attrs.get("epoch_values") or []]
+    decisions = {
+        d["epoch"]: d
+        for d in t.user_attrs.get("rung_decisions") or []
+        if isinstance(d, dict) and isinstance(d.get("epoch"), int)
+    }
+    width = max((len(v) for v in rows), default=0)
+    names = task_names if width == len(task_names) else [f"value {i + 1}" for i in range(width)]
+    title = f"trial {t.number}: validation after each epoch ({count(len(rows), 'epoch')}"
+    table = Table(title=title + (", stopped early)" if t.state == TrialState.PRUNED else ")"))
+    table.add_column("epoch", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    if decisions:
+        table.add_column("rung decision")
+    for e, values in enumerate(rows, start=1):
+        cells = [_number(values[i]) if i < len(values) else "-" for i in range(width)]
+        if decisions:
+            d = decisions.get(e)
+            seen = len(d.get("seen") or []) if d else 0
+            cells.append(f"rung {d.get('rung')}: {d.get('decision')} ({seen} seen)" if d else "")
+        table.add_row(str(e), *cells)
+    return table
 
 
 def studies(

@@ -19,6 +19,7 @@ from mtlsearch._errors import UserError
 from mtlsearch._yaml import option_value, read_yaml_file, require_mapping
 from mtlsearch.cli._common import (
     check_spec_path,
+    count,
     device_option,
     max_rows_option,
     precision_option,
@@ -462,8 +463,8 @@ class _Announcer:
         if model == self.single:
             what = f"{model} ({len(self.tasks)} models: {', '.join(self.tasks)})"
         logger.info(
-            "training %s, seed %d (run %d of %d, %d threads)",
-            what, seed, self.index + 1, len(self.order), self.threads,
+            "training %s, seed %d (run %d of %d, %s)",
+            what, seed, self.index + 1, len(self.order), count(self.threads, "thread"),
         )  # fmt: skip
 
     def done(self, run: Any) -> None:
@@ -487,7 +488,7 @@ def _baseline_table(report: Any) -> Table:
     seeds = report.seeds
     table = Table(
         title=f"{report.dataset}: test metrics, gain over single-task "
-        f"({report.training.epochs} epochs, seeds {seeds})"
+        f"({count(report.training.epochs, 'epoch')}, seeds {seeds})"
     )
     table.add_column("model")
     for t in report.tasks:

@@ -138,7 +138,7 @@ class DominancePruning:
         prune, n = self.should_prune(state.epoch, state.values, state.finished(), state.objectives)
         if not prune:
             return None
-        return f"dominated at epoch {state.epoch} by {n} finished trials (margin {self.margin:.1%})"
+        return f"dominated at epoch {state.epoch + 1} by {n} finished trials (margin {self.margin:.1%})"
 
 
 # ---- the registry ----------------------------------------------------------------------------
