@@ -7,6 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _space_support import Answers, _space
 
 from mtlsearch._errors import UserError
 from mtlsearch.arch import CategoricalFeature, InputSpec, TaskSpec
@@ -16,32 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TASKS = (TaskSpec("a", "binary"), TaskSpec("b", "regression"))
 NUMERIC = InputSpec(n_numeric=5)
 WITH_IDS = InputSpec(n_numeric=5, categorical=(CategoricalFeature("u", 10, 4),))
-
-
-class Answers:
-    """A trial that answers from ``values`` (else the first choice / the low end) and records
-    which parameters were asked for."""
-
-    def __init__(self, values: dict[str, object] | None = None) -> None:
-        self.values = values or {}
-        self.params: dict[str, object] = {}
-
-    def _answer(self, name: str, default: object) -> object:
-        self.params[name] = self.values.get(name, default)
-        return self.params[name]
-
-    def suggest_int(self, name, low, high, step=1, log=False):
-        return self._answer(name, low)
-
-    def suggest_float(self, name, low, high, log=False):
-        return self._answer(name, low)
-
-    def suggest_categorical(self, name, choices):
-        return self._answer(name, choices[0])
-
-
-def _space(text: str) -> SearchSpace:
-    return SearchSpace.from_yaml(text, source="space.yaml")
 
 
 def test_adatt_fusion_does_not_sample_select_under_the_conditional_encoding():

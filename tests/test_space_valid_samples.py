@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _space_support import Answers, _space
 
 from mtlsearch.arch import CategoricalFeature, ConfigError, InputSpec, TaskSpec, build_model
 from mtlsearch.search import SearchSpace
@@ -48,34 +49,6 @@ def test_every_sampled_configuration_of_a_shipped_space_is_valid(path, encoding)
             continue
         study.tell(trial, 0.0)
     assert not invalid, f"{path.name} ({encoding}): {sum(invalid.values())} of {DRAWS} invalid: {invalid}"
-
-
-class Answers:
-    """A trial that answers from ``values`` (else the first choice / the low end) and records
-    which parameters were asked for, with their ranges."""
-
-    def __init__(self, values: dict[str, object] | None = None) -> None:
-        self.values = values or {}
-        self.params: dict[str, object] = {}
-        self.ranges: dict[str, tuple[object, object]] = {}
-
-    def _answer(self, name: str, default: object) -> object:
-        self.params[name] = self.values.get(name, default)
-        return self.params[name]
-
-    def suggest_int(self, name, low, high, step=1, log=False):
-        self.ranges[name] = (low, high)
-        return self._answer(name, low)
-
-    def suggest_float(self, name, low, high, log=False):
-        return self._answer(name, low)
-
-    def suggest_categorical(self, name, choices):
-        return self._answer(name, choices[0])
-
-
-def _space(text: str) -> SearchSpace:
-    return SearchSpace.from_yaml(text, source="space.yaml")
 
 
 SHARING = (
