@@ -124,8 +124,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--data-dir",
         type=Path,
-        default=os.environ.get("MTLSEARCH_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data",
-        help="folder holding census-income-kdd/ (default: $MTLSEARCH_SHARED_DATA or ../shared/data)",
+        default=os.environ.get("MTLSEARCH_DATA")  # mtlsearch.data.data_dirs' rule
+        or os.environ.get("MTLSEARCH_SHARED_DATA")
+        or REPO_ROOT.parent / "shared" / "data",
+        help="folder holding census-income-kdd/ (default: $MTLSEARCH_DATA, or its alias "
+        "$MTLSEARCH_SHARED_DATA, else ../shared/data)",
     )
     p.add_argument("--quick", action="store_true", help="tiny smoke-test size (1 seed, 6 trials, 1 epoch)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default 3)")

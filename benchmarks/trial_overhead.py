@@ -356,7 +356,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--data-dir",
         type=Path,
-        default=os.environ.get("MTLSEARCH_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data",
+        default=os.environ.get("MTLSEARCH_DATA")  # mtlsearch.data.data_dirs' rule
+        or os.environ.get("MTLSEARCH_SHARED_DATA")
+        or REPO_ROOT.parent / "shared" / "data",
     )
     p.add_argument("--json", type=Path, default=None, help="write every trial (and timings) here")
     p.add_argument("--compare", type=Path, default=None, help="an earlier --json: same trials?")

@@ -129,8 +129,9 @@ def use_rechub_env() -> str:
 
 # ---- the shared arrays -------------------------------------------------------------------
 def default_data_dir() -> Path:
-    """``$MTLSEARCH_SHARED_DATA``, else ``<repo>/../shared/data`` (as tests/conftest.py)."""
-    env = os.environ.get("MTLSEARCH_SHARED_DATA")
+    """``$MTLSEARCH_DATA`` (or its alias ``$MTLSEARCH_SHARED_DATA``), else
+    ``<repo>/../shared/data`` (as tests/conftest.py)."""
+    env = os.environ.get("MTLSEARCH_DATA") or os.environ.get("MTLSEARCH_SHARED_DATA")
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 

@@ -1,9 +1,10 @@
 """Shared test helpers.
 
 ``shared_data_dir()`` is the one place that knows where the shared data sets live
-(Census-Income, the Ali-CCP / AliExpress / KuaiRand samples): ``$MTLSEARCH_SHARED_DATA``,
-else ``<repo>/../shared/data``. Use the fixture of the same name in tests, or call the
-function (``from conftest import shared_data_dir``) in module- or session-scoped fixtures.
+(Census-Income, the Ali-CCP / AliExpress / KuaiRand samples): ``$MTLSEARCH_DATA`` (or its
+alias ``$MTLSEARCH_SHARED_DATA``), else ``<repo>/../shared/data``. Use the fixture of the
+same name in tests, or call the function (``from conftest import shared_data_dir``) in
+module- or session-scoped fixtures.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def shared_data_dir(*parts: str) -> Path:
     path = root.joinpath(*parts)
     if not path.exists():
         reason = (
-            f"shared data {path} not found; set MTLSEARCH_SHARED_DATA to the folder holding "
+            f"shared data {path} not found; set MTLSEARCH_DATA to the folder holding "
             "census-income-kdd/, ali-ccp-sample/, aliexpress-sample/"
         )
         if os.environ.get("CI", "").strip().lower() == "true":
