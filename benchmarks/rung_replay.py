@@ -188,22 +188,6 @@ def hv_after(finished: Sequence[tuple[float, tuple[float, float]]], n: int, ref:
     return sc.hv2d([v for _, v in finished[:n]], ref) / sc._scale(ref)
 
 
-def time_to(
-    finished: Sequence[tuple[float, tuple[float, float]]],
-    target: float,
-    ref: Sequence[float],
-    tolerance: float = 0.0,
-) -> float | None:
-    """The first finish time at which the front, every point raised by ``tolerance`` AUC on
-    both tasks, has a hypervolume >= ``target`` (0: the exact hypervolume; None: never)."""
-    values: list[tuple[float, float]] = []
-    for when, v in finished:
-        values.append((v[0] + tolerance, v[1] + tolerance))
-        if sc.hv2d(values, ref) / sc._scale(ref) >= target - 1e-12:
-            return when
-    return None
-
-
 def compare(trials: Sequence[Trial], epochs: int, r: int, eta: int, kind: str, target_trials: int,
             ref: Sequence[float], tolerance: float = 0.0) -> dict[str, Any]:  # fmt: skip
     """One replay against full TPE in the same order: the share of full TPE's time to its
@@ -213,7 +197,7 @@ def compare(trials: Sequence[Trial], epochs: int, r: int, eta: int, kind: str, t
     target = hv_after(full.finished, n, ref)
     t_full = full.finished[n - 1][0]
     rep = replay(trials, epochs, r, eta, kind)
-    t_rep = time_to(rep.finished, target, ref, tolerance)
+    t_rep = sc.time_to_reach(rep.finished, target, ref, tolerance)
     best = {tuple(v) for v in sc.front([t.values for t in trials[:n]])}
     lost = sum(
         1 for t in trials[:n] if tuple(t.values) in best and any(t.number in s for s in rep.stopped.values())

@@ -674,19 +674,30 @@ def _finished(run: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(done, key=lambda t: t["finish_s"])
 
 
-def _time_to_reach(
-    run: dict[str, Any], target: float, ref: Sequence[float], tolerance: float = 0.0
+def time_to_reach(
+    finished: Sequence[tuple[float, Sequence[float]]],
+    target: float,
+    ref: Sequence[float],
+    tolerance: float = 0.0,
 ) -> float | None:
-    """The first finish time at which the run's HV is >= ``target`` (None: never); with a
-    ``tolerance``, the HV of its front raised by that much AUC on both tasks."""
+    """The first of ``finished``'s ``(finish time, values)`` (in finish order) at which the HV
+    is >= ``target`` (None: never); with a ``tolerance``, the HV of the front raised by that
+    much AUC on both tasks. Also used by ``rung_replay.py``."""
     if target <= 0:
         return 0.0
     values: list[Sequence[float]] = []
-    for t in _complete(run):
-        values.append([v + tolerance for v in t["values"]])
+    for when, v in finished:
+        values.append([x + tolerance for x in v])
         if hv2d(values, ref) / _scale(ref) >= target - 1e-12:
-            return float(t["finish_s"])
+            return float(when)
     return None
+
+
+def _time_to_reach(
+    run: dict[str, Any], target: float, ref: Sequence[float], tolerance: float = 0.0
+) -> float | None:
+    """:func:`time_to_reach` over the run's COMPLETE trials."""
+    return time_to_reach([(t["finish_s"], t["values"]) for t in _complete(run)], target, ref, tolerance)
 
 
 # ---- report ---------------------------------------------------------------------------------
